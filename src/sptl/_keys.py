@@ -1,0 +1,51 @@
+"""Every key name sptl reads or writes in an AnnData, built in one place.
+
+Functions and plots call these helpers instead of spelling keys themselves, so two
+functions never disagree on where a result lives.
+"""
+
+from __future__ import annotations
+
+#: Default ``obsm`` key of spatial coordinates (squidpy / scanpy convention).
+SPATIAL = "spatial"
+#: Default ``uns`` key of Visium images and scale factors.
+SPATIAL_UNS = "spatial"
+#: Default ``key_added`` of :func:`sptl.tl.transfer_labels`.
+TRANSFER = "sptl_label"
+#: Label that open-set methods give to observations that fit no source class.
+UNASSIGNED = "unassigned"
+
+
+def confidence(key_added: str) -> str:
+    """``obs`` column with the confidence of a transferred label."""
+    return f"{key_added}_confidence"
+
+
+def probabilities(key_added: str) -> str:
+    """``obsm`` key of the per-class probabilities (a DataFrame, one column per class)."""
+    return f"{key_added}_probabilities"
+
+
+def embedding(key_added: str) -> str:
+    """``obsm`` key of the embedding a result was computed in."""
+    return f"X_{key_added}"
+
+
+def params(key_added: str) -> tuple[str, str]:
+    """``uns`` location of the parameters that produced a result: ``uns[key][\"params\"]``."""
+    return key_added, "params"
+
+
+def connectivities(key: str) -> str:
+    """``obsp`` key of a graph's connectivities (squidpy convention)."""
+    return f"{key}_connectivities"
+
+
+def distances(key: str) -> str:
+    """``obsp`` key of a graph's distances (squidpy convention)."""
+    return f"{key}_distances"
+
+
+def spatial_neighbors(key: str = SPATIAL) -> str:
+    """``uns`` / ``obsp`` stem squidpy uses for a spatial graph built on ``obsm[key]``."""
+    return f"{key}_neighbors"

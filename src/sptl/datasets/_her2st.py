@@ -1,0 +1,174 @@
+"""HER2-positive breast cancer Spatial Transcriptomics sections (Andersson et al. 2021)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy import sparse
+
+import h5py
+from anndata.io import read_elem, write_elem
+
+from ._registry import bundled_path
+
+BUNDLED_FILE = "her2st.h5ad"
+
+#: The 36 sections: patients A-D with six consecutive sections, E-H with three.
+HER2ST_SECTIONS: tuple[str, ...] = tuple(
+    f"{p}{i}" for p, n in zip("ABCDEFGH", (6, 6, 6, 6, 3, 3, 3, 3), strict=True) for i in range(1, n + 1)
+)
+#: Sections that carry pathologist region annotations.
+HER2ST_LABELLED: tuple[str, ...] = ("A1", "B1", "C1", "D1", "E1", "F1")
+
+
+def her2st(section: str = "A1", *, path: str | os.PathLike | None = None) -> AnnData:
+    """One section of the HER2-positive breast cancer ST study.
+
+    Spatial Transcriptomics (100 um spots on a 200 um grid) of eight HER2-positive breast tumours,
+    patients A-H, three or six consecutive sections each (36 sections).
+
+    Parameters
+    ----------
+    section
+        Section id, ``"A1"`` ... ``"H3"`` (see ``HER2ST_SECTIONS``). ``A1, B1, C1, D1, E1, F1`` carry
+        pathologist region labels.
+    path
+        Folder with the raw release files (``{section}.tsv.gz``, ``{section}_selection.tsv``,
+        ``{section}-cluster-annotation.tsv.gz`` and, if present, ``{section}_labeled_coordinates.tsv``)
+        to parse instead of the copy bundled with sptl.
+
+    Returns
+    -------
+    Spots under tissue x genes, raw integer counts (sparse) in ``.X``, with
+
+    - ``obsm['spatial']``: pixel coordinates of the spot centres on the study's H&E image,
+    - ``obs['array_x']``, ``obs['array_y']``: array (grid) positions,
+    - ``obs['label']``: pathologist region (categorical; missing where the section has no label),
+    - ``obs['cluster']``: the study's expression clusters (categorical),
+    - ``obs['patient']``, ``obs['section']``.
+
+    Notes
+    -----
+    Source: Andersson A. et al., "Spatial deconvolution of HER2-positive breast cancer delineates
+    tumor-associated cell type interactions", Nat Commun 12:6012 (2021), data released at
+    github.com/almaan/her2st; files as redistributed by the PASTE reproducibility repository
+    (raphael-group/paste_reproducibility, data/HER2). Licence: released by the study authors for
+    research use.
+
+    Examples
+    --------
+    >>> import sptl
+    >>> adata = sptl.datasets.her2st("B1")
+    >>> adata.obs["label"].value_counts().index[0]
+    'connective tissue'
+    """
+    if section not in HER2ST_SECTIONS:
+        msg = f"Unknown HER2ST section {section!r}; choose one of {list(HER2ST_SECTIONS)}."
+        raise ValueError(msg)
+    if path is None:
+        return _read_bundled_section(section)
+    return read_her2st_raw(path, section)
+
+
+def _read_bundled_section(section: str, file: str | os.PathLike | None = None) -> AnnData:
+    """Read one section's rows from the bundled file that stores all 36 sections.
+
+    The bundled file is a valid h5ad (all sections, genes = union, dense ``uint16`` counts compressed
+    with shuffle + gzip); only the rows and genes of ``section`` are read.
+    """
+    with h5py.File(bundled_path(BUNDLED_FILE) if file is None else file, "r") as f:
+        obs = read_elem(f["obs"])
+        var = read_elem(f["var"])
+        rows = np.flatnonzero(obs["section"].to_numpy() == section)
+        if len(rows) == 0:
+            msg = f"Section {section!r} is not in the HER2ST bundle {f.filename}."
+            raise ValueError(msg)
+        start, stop = int(rows[0]), int(rows[-1]) + 1
+        genes = var[f"in_{section}"].to_numpy()
+        X = f["X"][start:stop][:, genes]
+        spatial = f["obsm/spatial"][start:stop]
+    obs = obs.iloc[start:stop].copy()
+    for col in ("patient", "section", "label", "cluster"):
+        obs[col] = obs[col].cat.remove_unused_categories()
+    adata = AnnData(X=sparse.csr_matrix(X.astype(np.int32)), obs=obs, var=pd.DataFrame(index=var.index[genes]))
+    adata.obsm["spatial"] = spatial.astype(np.float64)
+    return adata
+
+
+def write_her2st_bundle(sections: list[AnnData], path: str | os.PathLike) -> None:
+    """Write parsed sections into the single compressed h5ad that :func:`her2st` reads."""
+    genes = pd.Index(pd.unique(np.concatenate([a.var_names.to_numpy() for a in sections])))
+    X = np.zeros((sum(a.n_obs for a in sections), len(genes)), dtype=np.uint16)
+    var = pd.DataFrame(index=genes)
+    row = 0
+    for a in sections:
+        counts = a.X.toarray()
+        if counts.max() > np.iinfo(np.uint16).max:
+            msg = "counts exceed uint16"
+            raise ValueError(msg)
+        X[row : row + a.n_obs, genes.get_indexer(a.var_names)] = counts
+        var[f"in_{a.obs['section'].iloc[0]}"] = genes.isin(a.var_names)
+        row += a.n_obs
+    obs = pd.concat([a.obs for a in sections])
+    for col in ("patient", "section", "label", "cluster"):
+        obs[col] = obs[col].astype(str).replace("nan", np.nan).astype("category")
+    out = AnnData(obs=obs, var=var)
+    out.obsm["spatial"] = np.concatenate([a.obsm["spatial"] for a in sections])
+    out.write_h5ad(path, compression="gzip", compression_opts=9)
+    with h5py.File(path, "a") as f:
+        if "X" in f:
+            del f["X"]
+        kw = {"compression": "gzip", "compression_opts": 9, "shuffle": True, "chunks": (32, len(genes))}
+        write_elem(f, "X", X, dataset_kwargs=kw)
+
+
+def read_her2st_raw(path: str | os.PathLike, section: str) -> AnnData:
+    """Parse one HER2ST section from the raw release files in folder ``path``."""
+    folder = Path(path)
+    counts_file = folder / f"{section}.tsv.gz"
+    if not counts_file.exists():
+        msg = f"{counts_file} not found: `path` must be the folder with the raw HER2ST files."
+        raise FileNotFoundError(msg)
+    counts = pd.read_csv(counts_file, sep="\t", index_col=0)
+    xy = counts.index.str.split("x", expand=True).to_frame(index=False).astype(int).to_numpy()
+    spot_ids = pd.Index([f"{x}x{y}" for x, y in xy])
+
+    sel = pd.read_csv(folder / f"{section}_selection.tsv", sep="\t")
+    sel.index = [f"{x}x{y}" for x, y in zip(sel["x"], sel["y"], strict=True)]
+    sel = sel[~sel.index.duplicated()]
+    keep = spot_ids.isin(sel.index)
+    keep &= (sel.reindex(spot_ids)["selected"].fillna(0).to_numpy() == 1)
+    counts, xy, spot_ids = counts.loc[keep], xy[keep], spot_ids[keep]
+    sel = sel.loc[spot_ids]
+
+    obs = pd.DataFrame(index=pd.Index([f"{section}_{s}" for s in spot_ids], name=None))
+    obs["array_x"] = xy[:, 0]
+    obs["array_y"] = xy[:, 1]
+    obs["patient"] = pd.Categorical([section[0]] * len(obs))
+    obs["section"] = pd.Categorical([section] * len(obs))
+
+    clusters = pd.read_csv(folder / f"{section}-cluster-annotation.tsv.gz", sep="\t")
+    clusters.index = [f"{x}x{y}" for x, y in zip(clusters["x"], clusters["y"], strict=True)]
+    clusters = clusters[~clusters.index.duplicated()]
+    obs["cluster"] = pd.Categorical(clusters["label"].reindex(spot_ids).to_numpy())
+
+    labels = pd.Series(np.nan, index=spot_ids, dtype=object)
+    lab_file = folder / f"{section}_labeled_coordinates.tsv"
+    if lab_file.exists():
+        lab = pd.read_csv(lab_file, sep="\t").dropna(subset=["x", "y"])
+        lab.index = [f"{x}x{y}" for x, y in zip(np.rint(lab["x"]).astype(int), np.rint(lab["y"]).astype(int), strict=True)]
+        lab = lab[~lab.index.duplicated()]
+        labels = lab["label"].reindex(spot_ids)
+    obs["label"] = pd.Categorical(labels.to_numpy())
+
+    X = sparse.csr_matrix(counts.to_numpy())
+    X = X.astype(np.int32)
+    var = pd.DataFrame(index=pd.Index(counts.columns.astype(str)))
+    adata = AnnData(X=X, obs=obs, var=var)
+    adata.obsm["spatial"] = sel[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
+    adata.var_names_make_unique()
+    return adata

@@ -1,0 +1,5 @@
+"""Scores for judging a transfer against known answers."""
+
+from ._labels import label_scores
+
+__all__ = ["label_scores"]

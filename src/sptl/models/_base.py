@@ -1,0 +1,112 @@
+"""Saving, loading and gene checks shared by sptl's trainable models."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+#: Bumped when the checkpoint layout changes; older files are refused with a clear error.
+FORMAT_VERSION = 1
+
+
+class TransferModel:
+    """Base class: constructor arguments, the genes the model was trained on, and checkpoints.
+
+    A checkpoint is one ``.npz`` file (no pickle) holding the model's arrays and a JSON header with
+    the class name, format version, constructor arguments, genes and label classes.
+    """
+
+    #: Names of the array attributes that make up the trained state.
+    _state_arrays: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, **params: Any) -> None:
+        self.params = params
+        self.var_names_: pd.Index | None = None
+        self.classes_: list[str] | None = None
+        self.history_: dict[str, Any] = {}
+
+    # -- checks -------------------------------------------------------------------------------------
+    @property
+    def is_fitted(self) -> bool:
+        """Whether the model has been fitted or loaded."""
+        return self.var_names_ is not None
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            msg = f"This {type(self).__name__} is not fitted yet: call `.fit(...)` or `{type(self).__name__}.load(path)`."
+            raise RuntimeError(msg)
+
+    def _check_genes(self, adata: AnnData, name: str = "adata") -> None:
+        """Raise if ``adata`` lacks any of the genes the model was trained on."""
+        self._check_fitted()
+        missing = self.var_names_[~self.var_names_.isin(adata.var_names)]
+        if len(missing):
+            msg = (
+                f"`{name}` lacks {len(missing)} of the {len(self.var_names_)} genes this model was trained on"
+                f" (for example {missing[:5].tolist()}): use data with the same genes (gene symbols vs ids?)"
+                " or train a new model."
+            )
+            raise ValueError(msg)
+
+    # -- persistence --------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Save weights, genes, classes and constructor arguments to ``path`` (``.npz``)."""
+        self._check_fitted()
+        header = {
+            "class": type(self).__name__,
+            "format_version": FORMAT_VERSION,
+            "params": self.params,
+            "var_names": self.var_names_.tolist(),
+            "classes": self.classes_,
+            "history": self.history_,
+        }
+        arrays = {k: np.asarray(getattr(self, k)) for k in self._state_arrays}
+        path = Path(path)
+        with path.open("wb") as fh:
+            np.savez_compressed(fh, __header__=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **arrays)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TransferModel:
+        """Load a model saved with :meth:`save`; refuses files of another model class or format."""
+        path = Path(path)
+        if not path.exists():
+            msg = f"Checkpoint {path} not found."
+            raise FileNotFoundError(msg)
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                header = json.loads(f["__header__"].tobytes().decode())
+                arrays = {k: f[k] for k in f.files if k != "__header__"}
+        except (ValueError, KeyError, OSError) as e:
+            msg = f"{path} is not an sptl model checkpoint ({e})."
+            raise ValueError(msg) from e
+        if header.get("class") != cls.__name__:
+            msg = f"{path} holds a {header.get('class')!r} model, not a {cls.__name__!r}: load it with that class."
+            raise ValueError(msg)
+        if header.get("format_version") != FORMAT_VERSION:
+            msg = (
+                f"{path} was written in checkpoint format {header.get('format_version')}, this sptl reads"
+                f" format {FORMAT_VERSION}: re-train or use the sptl version that wrote it."
+            )
+            raise ValueError(msg)
+        missing = [k for k in cls._state_arrays if k not in arrays]
+        if missing:
+            msg = f"{path} is incomplete: arrays {missing} are missing."
+            raise ValueError(msg)
+        model = cls(**header["params"])
+        model.var_names_ = pd.Index(header["var_names"])
+        model.classes_ = header["classes"]
+        model.history_ = header.get("history", {})
+        for k in cls._state_arrays:
+            setattr(model, k, arrays[k])
+        return model
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        state = f"fitted on {len(self.var_names_)} genes, {len(self.classes_)} classes" if self.is_fitted else "not fitted"
+        return f"{type(self).__name__}({args}) [{state}]"

@@ -1,0 +1,210 @@
+"""k-nearest-neighbour label transfer in a joint, per-section standardised PCA space."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+from sklearn.decomposition import PCA
+
+from .. import _validate
+from .._device import resolve_device
+from .._progress import progress_bar
+from ..pp._expression import log_normalize, select_genes, standardize
+from ._base import TransferModel
+
+
+class KNNTransfer(TransferModel):
+    """Label transfer by a similarity-weighted vote of the nearest annotated source spots.
+
+    Each section is library-size normalised and log-transformed on the shared genes, highly variable
+    genes are chosen across sections, every gene is z-scored within its own section (which removes
+    section- and patient-level shifts), and a PCA fitted jointly on source and (when given) target
+    spots embeds all of them. Each target spot takes the cosine-similarity-weighted vote of its
+    ``n_neighbors`` nearest source spots; with ``balance=True`` votes are divided by the class size in
+    the source, so abundant classes do not drown rare ones.
+
+    Parameters
+    ----------
+    n_genes
+        Number of highly variable genes to use.
+    n_comps
+        Number of principal components of the joint embedding.
+    n_neighbors
+        Number of source neighbours that vote.
+    balance
+        Weight votes by the inverse class frequency in the source.
+    device
+        Torch device for the neighbour search; ``None`` picks CUDA when available.
+    seed
+        Random seed of the PCA.
+
+    Examples
+    --------
+    >>> import sptl
+    >>> src, tgt = sptl.datasets.her2st("F1"), sptl.datasets.her2st("D1")
+    >>> model = sptl.models.KNNTransfer().fit(src, label_key="label", target=tgt, exclude=["undetermined"])
+    >>> labels = model.predict(tgt)
+    """
+
+    _state_arrays = ("components_", "source_embedding_", "source_codes_", "class_weights_")
+
+    def __init__(
+        self,
+        *,
+        n_genes: int = 3000,
+        n_comps: int = 30,
+        n_neighbors: int = 15,
+        balance: bool = True,
+        device: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        for name, value in (("n_genes", n_genes), ("n_comps", n_comps), ("n_neighbors", n_neighbors)):
+            if int(value) < 1:
+                msg = f"`{name}` must be a positive integer, got {value!r}."
+                raise ValueError(msg)
+        super().__init__(
+            n_genes=int(n_genes),
+            n_comps=int(n_comps),
+            n_neighbors=int(n_neighbors),
+            balance=bool(balance),
+            device=device,
+            seed=int(seed),
+        )
+
+    def fit(
+        self,
+        source: AnnData | Sequence[AnnData],
+        /,
+        *,
+        label_key: str,
+        target: AnnData | Sequence[AnnData] | None = None,
+        layer: str | None = None,
+        exclude: Sequence[str] = (),
+        min_shared_genes: int = 100,
+        progress: bool = True,
+    ) -> KNNTransfer:
+        """Fit on labelled source sections (optionally embedding target sections jointly).
+
+        Parameters
+        ----------
+        source
+            One labelled AnnData or a list of them (each one a section/batch), raw counts.
+        label_key
+            Column of ``source.obs`` with the labels; missing values are ignored.
+        target
+            Unlabelled section(s) to include in gene selection and in the PCA fit.
+        layer
+            Layer with raw counts; ``None`` uses ``.X``.
+        exclude
+            Labels not to transfer (for example ``["undetermined"]``); those spots are ignored.
+        min_shared_genes
+            Fewest genes all sections must share.
+        progress
+            Show a progress bar.
+
+        Returns
+        -------
+        The fitted model.
+        """
+        sources = _validate.as_adata_list(source, "source")
+        targets = [] if target is None else _validate.as_adata_list(target, "target")
+        labels = _validate.check_labels(sources, label_key, "source", exclude=exclude)
+        names = [f"source[{i}]" for i in range(len(sources))] + [f"target[{i}]" for i in range(len(targets))]
+        everything = sources + targets
+        counts = [_validate.get_counts(a, layer, n) for a, n in zip(everything, names, strict=True)]
+        genes = _validate.shared_genes(everything, names, min_shared_genes)
+        p = self.params
+
+        steps = progress_bar(range(4), enabled=progress, desc="knn transfer: fit", total=4)
+        it = iter(steps)
+        next(it)
+        lognorm = [
+            log_normalize(X[:, a.var_names.get_indexer(genes)]) for X, a in zip(counts, everything, strict=True)
+        ]
+        next(it)
+        hvg = select_genes(lognorm, genes, p["n_genes"])
+        z = [_standardized(X[:, a.var_names.get_indexer(hvg)]) for X, a in zip(counts, everything, strict=True)]
+        next(it)
+        n_comps = min(p["n_comps"], len(hvg), sum(x.shape[0] for x in z) - 1)
+        pca = PCA(n_components=n_comps, random_state=p["seed"], svd_solver="randomized")
+        pca.fit(np.vstack(z))
+        components = pca.components_.astype(np.float32)
+        next(it)
+        lab = pd.concat(labels)
+        labelled = lab.notna().to_numpy()
+        src_emb = _l2(np.vstack(z[: len(sources)]) @ components.T)[labelled]
+        classes = sorted(lab.dropna().unique())
+        codes = pd.Categorical(lab[labelled], categories=classes).codes.astype(np.int64)
+        freq = np.bincount(codes, minlength=len(classes)).astype(np.float32)
+        weights = 1.0 / freq if p["balance"] else np.ones_like(freq)
+        for _ in it:
+            pass
+
+        self.var_names_ = pd.Index(hvg)
+        self.classes_ = classes
+        self.components_ = components
+        self.source_embedding_ = src_emb.astype(np.float32)
+        self.source_codes_ = codes
+        self.class_weights_ = (weights / weights.sum()).astype(np.float32)
+        self.history_ = {"n_source_spots": int(labelled.sum()), "n_shared_genes": len(genes)}
+        return self
+
+    def transform(self, adata: AnnData, /, *, layer: str | None = None) -> np.ndarray:
+        """Embed ``adata`` (one section, raw counts) into the model's space (L2-normalised rows)."""
+        _validate.check_adata(adata, "adata")
+        self._check_genes(adata)
+        X = _validate.get_counts(adata, layer, "adata")
+        return _l2(_standardized(X[:, adata.var_names.get_indexer(self.var_names_)]) @ self.components_.T)
+
+    def predict_proba(
+        self, adata: AnnData, /, *, layer: str | None = None, progress: bool = True
+    ) -> pd.DataFrame:
+        """Class probabilities for every observation of ``adata`` (rows: ``obs_names``, columns: classes)."""
+        emb = self.transform(adata, layer=layer)
+        probs = self._vote(emb, progress=progress)
+        return pd.DataFrame(probs, index=adata.obs_names.copy(), columns=pd.Index(self.classes_))
+
+    def predict(self, adata: AnnData, /, *, layer: str | None = None, progress: bool = True) -> pd.Series:
+        """Most probable class of every observation of ``adata`` (categorical Series)."""
+        proba = self.predict_proba(adata, layer=layer, progress=progress)
+        return _argmax_labels(proba)
+
+    def _vote(self, emb: np.ndarray, *, progress: bool, chunk: int = 4096) -> np.ndarray:
+        device = resolve_device(self.params["device"])
+        src = torch.as_tensor(self.source_embedding_, device=device)
+        onehot = torch.nn.functional.one_hot(
+            torch.as_tensor(self.source_codes_, device=device), num_classes=len(self.classes_)
+        ).float() * torch.as_tensor(self.class_weights_, device=device)
+        k = min(self.params["n_neighbors"], src.shape[0])
+        out = np.empty((emb.shape[0], len(self.classes_)), dtype=np.float32)
+        starts = range(0, emb.shape[0], chunk)
+        for s in progress_bar(starts, enabled=progress, desc="knn transfer: vote", total=len(starts)):
+            q = torch.as_tensor(emb[s : s + chunk], device=device)
+            sim, idx = (q @ src.T).topk(k, dim=1)
+            w = sim.clamp_min(0).unsqueeze(-1)
+            votes = (w * onehot[idx]).sum(1)
+            total = votes.sum(1, keepdim=True)
+            # a spot with no positively similar neighbour gets a uniform vote
+            votes = torch.where(total > 0, votes / total.clamp_min(1e-12), torch.full_like(votes, 1 / votes.shape[1]))
+            out[s : s + chunk] = votes.cpu().numpy()
+        return out
+
+
+def _standardized(counts) -> np.ndarray:
+    """Log-normalise counts on the model genes and z-score them within the section."""
+    return standardize(log_normalize(counts))
+
+
+def _l2(x: np.ndarray) -> np.ndarray:
+    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def _argmax_labels(proba: pd.DataFrame) -> pd.Series:
+    cats = list(proba.columns)
+    return pd.Series(
+        pd.Categorical.from_codes(proba.to_numpy().argmax(axis=1), categories=cats), index=proba.index
+    )

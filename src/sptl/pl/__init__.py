@@ -1,0 +1,5 @@
+"""Plots."""
+
+from ._transfer import transfer
+
+__all__ = ["transfer"]

@@ -1,0 +1,3 @@
+"""Preprocessing."""
+
+__all__: list[str] = []

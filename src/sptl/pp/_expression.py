@@ -1,0 +1,45 @@
+"""Expression preprocessing shared by the transfer models: library-size normalisation, gene
+selection across sections and per-section standardisation."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import scanpy as sc
+from anndata import AnnData
+from scipy import sparse
+
+#: z-scores are clipped to this absolute value, as in :func:`scanpy.pp.scale`.
+CLIP = 10.0
+
+
+def log_normalize(X: np.ndarray | sparse.spmatrix, target_sum: float = 1e4) -> sparse.csr_matrix:
+    """Counts per ``target_sum`` then ``log1p`` (scanpy), returned as float32 CSR."""
+    tmp = AnnData(X=sparse.csr_matrix(X, dtype=np.float32))
+    with warnings.catch_warnings():  # empty spots stay zero; that is fine here
+        warnings.filterwarnings("ignore", message="Some cells have zero counts")
+        sc.pp.normalize_total(tmp, target_sum=target_sum)
+    sc.pp.log1p(tmp)
+    return tmp.X
+
+
+def select_genes(batches: Sequence[sparse.csr_matrix], genes: pd.Index, n_genes: int) -> pd.Index:
+    """Highly variable genes across batches of log-normalised data (scanpy's ``seurat`` flavour with
+    ``batch_key``, which ranks genes by the number of batches where they are variable)."""
+    if n_genes >= len(genes):
+        return genes
+    joint = AnnData(X=sparse.vstack(batches).tocsr(), var=pd.DataFrame(index=genes))
+    joint.obs["batch"] = pd.Categorical(np.repeat(np.arange(len(batches)), [b.shape[0] for b in batches]).astype(str))
+    sc.pp.highly_variable_genes(joint, flavor="seurat", n_top_genes=n_genes, batch_key="batch")
+    return genes[joint.var["highly_variable"].to_numpy()]
+
+
+def standardize(X: sparse.spmatrix | np.ndarray) -> np.ndarray:
+    """z-score every gene within one section (removes the section's own shift), clipped at ``CLIP``."""
+    X = X.toarray() if sparse.issparse(X) else np.asarray(X, dtype=np.float32)
+    X = X - X.mean(axis=0, keepdims=True)
+    X /= np.maximum(X.std(axis=0, keepdims=True), 1e-3)
+    return np.clip(X, -CLIP, CLIP, out=X).astype(np.float32)
