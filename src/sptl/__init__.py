@@ -1,14 +1,17 @@
 """sptl: spatial-omics transfer learning for the scverse ecosystem."""
 
-from __future__ import annotations
+import warnings as _warnings
+from importlib.metadata import PackageNotFoundError as _NotFound
+from importlib.metadata import version as _version
 
-from importlib.metadata import PackageNotFoundError, version
+# squidpy's docstring templating (docrep) warns at import time about its own docstrings
+_warnings.filterwarnings("ignore", category=SyntaxWarning, module="docrep")
 
 from . import datasets, metrics, models, pl, pp, tl
 
 try:
-    __version__ = version("sptl")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = _version("sptl")
+except _NotFound:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+unknown"
 
 __all__ = ["datasets", "metrics", "models", "pl", "pp", "tl"]

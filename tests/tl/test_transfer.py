@@ -21,21 +21,21 @@ def run(source, target, **kw):
 
 
 def test_pair_f1_to_d1_reaches_measured_floor(her2st):
-    # measured at 0.678 accuracy, 0.537 macro-F1 (seed 0)
+    # measured at 0.729 accuracy, 0.578 macro-F1 (seed 0)
     scores = run(her2st("F1"), her2st("D1"))
-    assert scores["accuracy"] >= 0.62
-    assert scores["macro_f1"] >= 0.48
+    assert scores["accuracy"] >= 0.68
+    assert scores["macro_f1"] >= 0.52
     assert scores["n_scored"] == 255
 
 
 def test_all_cross_patient_pairs_mean_floor(her2st):
     # 30 ordered pairs of labelled sections from different patients;
-    # measured mean accuracy 0.526, mean macro-F1 0.425
+    # measured mean accuracy 0.542, mean macro-F1 0.434 (median 0.396)
     rows = [run(her2st(a), her2st(b)) for a, b in itertools.permutations(HER2ST_LABELLED, 2)]
     df = pd.DataFrame(rows)
     assert len(df) == 30
-    assert df["accuracy"].mean() >= 0.49
-    assert df["macro_f1"].mean() >= 0.39
+    assert df["accuracy"].mean() >= 0.51
+    assert df["macro_f1"].mean() >= 0.40
 
 
 def test_keys_written(her2st):
@@ -92,8 +92,8 @@ def test_reproducible(her2st):
 def test_several_sources(her2st):
     target = her2st("D1")
     scores = run([her2st("C1"), her2st("F1")], target)
-    # measured 0.643 accuracy, 0.536 macro-F1 with C1 + F1 -> D1
-    assert scores["accuracy"] >= 0.55
+    # measured 0.647 accuracy, 0.488 macro-F1 with C1 + F1 -> D1
+    assert scores["accuracy"] >= 0.60
     assert target.uns["sptl_label"]["params"]["n_sources"] == 2
     assert "cancer in situ" not in target.uns["sptl_label"]["classes"]
 

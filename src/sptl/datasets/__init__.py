@@ -1,5 +1,26 @@
 """Real public spatial datasets, bundled with sptl or downloaded into a cache."""
 
+from ._breast_st import BREAST_ST_SLICES, breast_st
+from ._cscc import cscc_st
+from ._dlpfc import DLPFC_LAYERS, DLPFC_SAMPLES, dlpfc
 from ._her2st import HER2ST_LABELLED, HER2ST_SECTIONS, her2st
+from ._mouse_cortex import mouse_cortex_merfish, mouse_cortex_smfish
+from ._visium import PROSTATE_SAMPLES, visium_dentate_gyrus, visium_fixture, visium_prostate
 
-__all__ = ["HER2ST_LABELLED", "HER2ST_SECTIONS", "her2st"]
+__all__ = [
+    "BREAST_ST_SLICES",
+    "DLPFC_LAYERS",
+    "DLPFC_SAMPLES",
+    "HER2ST_LABELLED",
+    "HER2ST_SECTIONS",
+    "PROSTATE_SAMPLES",
+    "breast_st",
+    "cscc_st",
+    "dlpfc",
+    "her2st",
+    "mouse_cortex_merfish",
+    "mouse_cortex_smfish",
+    "visium_dentate_gyrus",
+    "visium_fixture",
+    "visium_prostate",
+]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 import os
 from pathlib import Path
 from typing import Any, ClassVar
@@ -10,12 +11,16 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 from anndata import AnnData
+from scanpy import logging as logg
+from scipy import sparse
+
+from .. import _validate
 
 #: Bumped when the checkpoint layout changes; older files are refused with a clear error.
 FORMAT_VERSION = 1
 
 
-class TransferModel:
+class TransferModel(ABC):
     """Base class: constructor arguments, the genes the model was trained on, and checkpoints.
 
     A checkpoint is one ``.npz`` file (no pickle) holding the model's arrays and a JSON header with
@@ -31,6 +36,14 @@ class TransferModel:
         self.classes_: list[str] | None = None
         self.history_: dict[str, Any] = {}
 
+    @abstractmethod
+    def fit(self, source: AnnData, /, **kwargs: Any) -> TransferModel:
+        """Train on annotated source data; returns ``self``."""
+
+    @abstractmethod
+    def predict(self, adata: AnnData, /, **kwargs: Any) -> pd.Series:
+        """Predict labels for every observation of ``adata``."""
+
     # -- checks -------------------------------------------------------------------------------------
     @property
     def is_fitted(self) -> bool:
@@ -42,17 +55,30 @@ class TransferModel:
             msg = f"This {type(self).__name__} is not fitted yet: call `.fit(...)` or `{type(self).__name__}.load(path)`."
             raise RuntimeError(msg)
 
-    def _check_genes(self, adata: AnnData, name: str = "adata") -> None:
-        """Raise if ``adata`` lacks any of the genes the model was trained on."""
+    def _model_counts(
+        self, adata: AnnData, layer: str | None, max_missing_genes: float, name: str = "adata"
+    ) -> sparse.csr_matrix:
+        """Counts of ``adata`` on the model's genes, in the model's order.
+
+        Genes the model knows but ``adata`` lacks count as zero (sections often drop all-zero genes) as
+        long as they are at most ``max_missing_genes`` of the model's genes; more raises a ValueError.
+        """
         self._check_fitted()
-        missing = self.var_names_[~self.var_names_.isin(adata.var_names)]
-        if len(missing):
+        X = _validate.get_counts(adata, layer, name)
+        idx = adata.var_names.get_indexer(self.var_names_)
+        missing = self.var_names_[idx < 0]
+        if len(missing) > max_missing_genes * len(self.var_names_):
             msg = (
                 f"`{name}` lacks {len(missing)} of the {len(self.var_names_)} genes this model was trained on"
-                f" (for example {missing[:5].tolist()}): use data with the same genes (gene symbols vs ids?)"
-                " or train a new model."
+                f" (for example {missing[:5].tolist()}), more than `max_missing_genes={max_missing_genes}`"
+                " allows: use data with the same gene identifiers (symbols vs ids?) or train a new model."
             )
             raise ValueError(msg)
+        X = sparse.csr_matrix(X)[:, np.where(idx < 0, 0, idx)]
+        if len(missing):
+            logg.warning(f"`{name}` lacks {len(missing)} model genes; they are treated as zero counts.")
+            X = sparse.csr_matrix(X.multiply((idx >= 0)[None, :]))
+        return X
 
     # -- persistence --------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:

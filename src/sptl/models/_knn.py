@@ -126,7 +126,7 @@ class KNNTransfer(TransferModel):
             log_normalize(X[:, a.var_names.get_indexer(genes)]) for X, a in zip(counts, everything, strict=True)
         ]
         next(it)
-        hvg = select_genes(lognorm, genes, p["n_genes"])
+        hvg = select_genes(lognorm[: len(sources)], genes, p["n_genes"])
         z = [_standardized(X[:, a.var_names.get_indexer(hvg)]) for X, a in zip(counts, everything, strict=True)]
         next(it)
         n_comps = min(p["n_comps"], len(hvg), sum(x.shape[0] for x in z) - 1)
@@ -153,24 +153,29 @@ class KNNTransfer(TransferModel):
         self.history_ = {"n_source_spots": int(labelled.sum()), "n_shared_genes": len(genes)}
         return self
 
-    def transform(self, adata: AnnData, /, *, layer: str | None = None) -> np.ndarray:
-        """Embed ``adata`` (one section, raw counts) into the model's space (L2-normalised rows)."""
+    def transform(self, adata: AnnData, /, *, layer: str | None = None, max_missing_genes: float = 0.1) -> np.ndarray:
+        """Embed ``adata`` (one section, raw counts) into the model's space (L2-normalised rows).
+
+        Model genes missing from ``adata`` count as zero when they are at most ``max_missing_genes``
+        (a fraction) of the model's genes; otherwise a ValueError is raised.
+        """
         _validate.check_adata(adata, "adata")
-        self._check_genes(adata)
-        X = _validate.get_counts(adata, layer, "adata")
-        return _l2(_standardized(X[:, adata.var_names.get_indexer(self.var_names_)]) @ self.components_.T)
+        X = self._model_counts(adata, layer, max_missing_genes)
+        return _l2(_standardized(X) @ self.components_.T)
 
     def predict_proba(
-        self, adata: AnnData, /, *, layer: str | None = None, progress: bool = True
+        self, adata: AnnData, /, *, layer: str | None = None, max_missing_genes: float = 0.1, progress: bool = True
     ) -> pd.DataFrame:
         """Class probabilities for every observation of ``adata`` (rows: ``obs_names``, columns: classes)."""
-        emb = self.transform(adata, layer=layer)
+        emb = self.transform(adata, layer=layer, max_missing_genes=max_missing_genes)
         probs = self._vote(emb, progress=progress)
         return pd.DataFrame(probs, index=adata.obs_names.copy(), columns=pd.Index(self.classes_))
 
-    def predict(self, adata: AnnData, /, *, layer: str | None = None, progress: bool = True) -> pd.Series:
+    def predict(
+        self, adata: AnnData, /, *, layer: str | None = None, max_missing_genes: float = 0.1, progress: bool = True
+    ) -> pd.Series:
         """Most probable class of every observation of ``adata`` (categorical Series)."""
-        proba = self.predict_proba(adata, layer=layer, progress=progress)
+        proba = self.predict_proba(adata, layer=layer, max_missing_genes=max_missing_genes, progress=progress)
         return _argmax_labels(proba)
 
     def _vote(self, emb: np.ndarray, *, progress: bool, chunk: int = 4096) -> np.ndarray:

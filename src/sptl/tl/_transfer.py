@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from time import perf_counter
 
@@ -168,10 +169,17 @@ def _smooth(proba: pd.DataFrame, coords: np.ndarray, weight: float) -> pd.DataFr
     graph.obsm[_keys.SPATIAL] = coords
     n_neighs = min(6, len(proba) - 1)
     knn = getattr(sq.gr, "spatial_neighbors_knn", None)  # squidpy >= 1.8; older: spatial_neighbors
-    if knn is not None:
-        knn(graph, spatial_key=_keys.SPATIAL, n_neighs=n_neighs)
-    else:  # pragma: no cover - older squidpy
-        sq.gr.spatial_neighbors(graph, spatial_key=_keys.SPATIAL, coord_type="generic", n_neighs=n_neighs)
+    # squidpy logs each graph through spatialdata's logger; keep it to warnings
+    sd_logger = logging.getLogger("spatialdata._logging")
+    level = sd_logger.level
+    sd_logger.setLevel(logging.WARNING)
+    try:
+        if knn is not None:
+            knn(graph, spatial_key=_keys.SPATIAL, n_neighs=n_neighs)
+        else:  # pragma: no cover - older squidpy
+            sq.gr.spatial_neighbors(graph, spatial_key=_keys.SPATIAL, coord_type="generic", n_neighs=n_neighs)
+    finally:
+        sd_logger.setLevel(level)
     A = graph.obsp[_keys.connectivities(_keys.SPATIAL)].tocsr().astype(np.float32)
     deg = np.asarray(A.sum(axis=1)).ravel()
     P = proba.to_numpy()
