@@ -4,10 +4,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import pytest  # noqa: E402
-import scanpy as sc  # noqa: E402
+import pytest
+import scanpy as sc
 
-import sptl  # noqa: E402
+import sptl
 
 sc.settings.verbosity = 0
 

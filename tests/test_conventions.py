@@ -16,9 +16,7 @@ def _public(module):
 
 
 ADATA_FUNCS = [f for m in (sptl.pp, sptl.tl, sptl.pl) for f in _public(m) if inspect.isfunction(f[1])]
-ALL_FUNCS = ADATA_FUNCS + [
-    f for m in (sptl.datasets, sptl.metrics) for f in _public(m) if inspect.isfunction(f[1])
-]
+ALL_FUNCS = ADATA_FUNCS + [f for m in (sptl.datasets, sptl.metrics) for f in _public(m) if inspect.isfunction(f[1])]
 MODELS = [c for c in _public(sptl.models) if inspect.isclass(c[1])]
 
 
@@ -33,7 +31,9 @@ def test_adata_first_positional_only_rest_keyword_only(name, func):
     params = list(inspect.signature(func).parameters.values())
     positional = [p for p in params if p.kind in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD)]
     assert 1 <= len(positional) <= 3, f"{name}: {len(positional)} positional parameters"
-    assert all(p.kind is P.POSITIONAL_ONLY for p in positional), f"{name}: positional params must be positional-only (/)"
+    assert all(p.kind is P.POSITIONAL_ONLY for p in positional), (
+        f"{name}: positional params must be positional-only (/)"
+    )
     assert positional[0].name in ("adata", "source", "slices", "image", "candidates"), name
     rest = params[len(positional) :]
     assert all(p.kind is P.KEYWORD_ONLY for p in rest), f"{name}: parameters after / must be keyword-only (*)"

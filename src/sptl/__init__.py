@@ -7,7 +7,7 @@ from importlib.metadata import version as _version
 # squidpy's docstring templating (docrep) warns at import time about its own docstrings
 _warnings.filterwarnings("ignore", category=SyntaxWarning, module="docrep")
 
-from . import datasets, metrics, models, pl, pp, tl
+from . import datasets, metrics, models, pl, pp, tl  # noqa: E402
 
 try:
     __version__ = _version("sptl")

@@ -42,9 +42,7 @@ def demo(
     print(f"source {source}: {src.n_obs} spots x {src.n_vars} genes (patient {source[0]})")
     print(f"target {target}: {tgt.n_obs} spots x {tgt.n_vars} genes (patient {target[0]})")
     next(stages)
-    tl.transfer_labels(
-        src, tgt, label_key="label", exclude=["undetermined"], device=device, progress=progress
-    )
+    tl.transfer_labels(src, tgt, label_key="label", exclude=["undetermined"], device=device, progress=progress)
     next(stages)
     scores = label_scores(tgt.obs["label"], tgt.obs["sptl_label"], labels=tgt.uns["sptl_label"]["classes"])
     stem = out / f"her2st_{target}_from_{source}"

@@ -32,7 +32,7 @@ def embedding(key_added: str) -> str:
 
 
 def params(key_added: str) -> tuple[str, str]:
-    """``uns`` location of the parameters that produced a result: ``uns[key][\"params\"]``."""
+    r"""``uns`` location of the parameters that produced a result: ``uns[key][\"params\"]``."""
     return key_added, "params"
 
 

@@ -53,7 +53,9 @@ def get_counts(adata: AnnData, layer: str | None, name: str = "adata") -> np.nda
         X, where = adata.X, f"`{name}.X`"
     else:
         if layer not in adata.layers:
-            msg = f"`{name}.layers[{layer!r}]` not found; layers are {list(adata.layers)}. Pass `layer=None` to use `.X`."
+            msg = (
+                f"`{name}.layers[{layer!r}]` not found; layers are {list(adata.layers)}. Pass `layer=None` to use `.X`."
+            )
             raise KeyError(msg)
         X, where = adata.layers[layer], f"`{name}.layers[{layer!r}]`"
     if X is None:
@@ -95,9 +97,7 @@ def check_spatial(adata: AnnData, spatial_key: str, name: str = "adata") -> np.n
     return coords
 
 
-def check_labels(
-    adatas: Sequence[AnnData], label_key: str, name: str, exclude: Sequence[str] = ()
-) -> list[pd.Series]:
+def check_labels(adatas: Sequence[AnnData], label_key: str, name: str, exclude: Sequence[str] = ()) -> list[pd.Series]:
     """Return each ``obs[label_key]`` as strings (missing values and ``exclude`` set to NaN).
 
     Raises if the column is missing anywhere or if fewer than two classes remain.

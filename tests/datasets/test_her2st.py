@@ -12,7 +12,11 @@ from sptl.datasets._her2st import _read_bundled_section, write_her2st_bundle
 # spots under tissue x genes, and pathologist label counts, as parsed from the raw release
 EXPECTED = {
     "A1": (346, 15045, {"invasive cancer": 282, "connective tissue": 24, "cancer in situ": 21}),
-    "B1": (295, 15109, {"connective tissue": 95, "adipose tissue": 70, "invasive cancer": 63, "breast glands": 41}),
+    "B1": (
+        295,
+        15109,
+        {"connective tissue": 95, "adipose tissue": 70, "invasive cancer": 63, "breast glands": 41},
+    ),
     "E1": (587, 15701, {"invasive cancer": 340, "immune infiltrate": 177, "undetermined": 53}),
 }
 
@@ -59,10 +63,21 @@ def _write_raw(adata, folder, section, rng):
     sel = pd.DataFrame({"x": ax, "y": ay, "new_x": ax + 0.03, "new_y": ay - 0.02, "pixel_x": px, "pixel_y": py})
     sel["selected"] = 1
     # one spot off tissue, which the parser must drop
-    sel = pd.concat([sel, pd.DataFrame([{"x": 99, "y": 99, "new_x": 99, "new_y": 99, "pixel_x": 0, "pixel_y": 0, "selected": 0}])])
+    sel = pd.concat(
+        [
+            sel,
+            pd.DataFrame([{"x": 99, "y": 99, "new_x": 99, "new_y": 99, "pixel_x": 0, "pixel_y": 0, "selected": 0}]),
+        ]
+    )
     sel.to_csv(folder / f"{section}_selection.tsv", sep="\t", index=False)
     clusters = pd.DataFrame(
-        {"patient_id": section[0], "ids": section, "label": adata.obs["cluster"].astype(object).to_numpy(), "x": ax, "y": ay},
+        {
+            "patient_id": section[0],
+            "ids": section,
+            "label": adata.obs["cluster"].astype(object).to_numpy(),
+            "x": ax,
+            "y": ay,
+        },
         index=[f"{a}x{b}" for a, b in zip(px, py, strict=True)],
     )
     clusters.to_csv(folder / f"{section}-cluster-annotation.tsv.gz", sep="\t")
@@ -70,7 +85,13 @@ def _write_raw(adata, folder, section, rng):
     known = lab.notna().to_numpy()
     jitter = rng.uniform(-0.3, 0.3, size=(known.sum(), 2))
     pd.DataFrame(
-        {"x": ax[known] + jitter[:, 0], "y": ay[known] + jitter[:, 1], "pixel_x": px[known], "pixel_y": py[known], "label": lab[known]}
+        {
+            "x": ax[known] + jitter[:, 0],
+            "y": ay[known] + jitter[:, 1],
+            "pixel_x": px[known],
+            "pixel_y": py[known],
+            "label": lab[known],
+        }
     ).to_csv(folder / f"{section}_labeled_coordinates.tsv", sep="\t")
 
 

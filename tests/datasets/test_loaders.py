@@ -280,9 +280,7 @@ def test_visium_dentate_gyrus_bundled():
     assert image.shape == (172, 243, 4) and image.dtype == np.uint8
     scale = lib["scalefactors"]["tissue_lowres_scalef"]
     assert scale == pytest.approx(0.051033426)
-    np.testing.assert_allclose(
-        lib["metadata"]["crop_origin_fullres"], np.array(DG_CROP_ORIGIN_LOWRES) / scale
-    )
+    np.testing.assert_allclose(lib["metadata"]["crop_origin_fullres"], np.array(DG_CROP_ORIGIN_LOWRES) / scale)
     xy = adata.obsm["spatial"] * scale
     assert (xy >= 0).all() and (xy[:, 0] < 243).all() and (xy[:, 1] < 172).all()
     # registration: spots rich in pyramidal/granule markers sit on the dark cell layers of the H&E
@@ -313,9 +311,7 @@ def test_visium_dentate_gyrus_round_trip(tmp_path):
     Image.fromarray(lib["images"]["lowres"]).save(raw / "images" / "deg_image2.png")
     parsed = D.visium_dentate_gyrus(path=tmp_path)
     assert_same(parsed, sub)
-    np.testing.assert_array_equal(
-        parsed.uns["spatial"][DG_LIBRARY_ID]["images"]["lowres"], lib["images"]["lowres"]
-    )
+    np.testing.assert_array_equal(parsed.uns["spatial"][DG_LIBRARY_ID]["images"]["lowres"], lib["images"]["lowres"])
     assert parsed.uns["spatial"][DG_LIBRARY_ID]["scalefactors"] == lib["scalefactors"]
 
 
@@ -390,6 +386,16 @@ def test_dlpfc_trust_on_first_use(tmp_path, monkeypatch):
     assert calls[0].startswith("https://spatial-dlpfc.s3.us-east-2.amazonaws.com/h5/151673_")
     record = json.loads((cache / "dlpfc" / _dlpfc.RECORD_FILE).read_text())
     assert len(record) == len(_dlpfc.DLPFC_URLS) and all(len(v) == 64 for v in record.values())
+
+    # the download skips the hires image: same layout as squidpy's reader, lowres only
+    local = D.dlpfc("151673", path=source)
+    assert set(first.uns["spatial"]["151673"]["images"]) == {"lowres"}
+    assert set(local.uns["spatial"]["151673"]["images"]) == {"lowres", "hires"}
+    assert_same(first, local)
+    assert first.obs.equals(local.obs) and first.var.equals(local.var)
+    lib, local_lib = first.uns["spatial"]["151673"], local.uns["spatial"]["151673"]
+    assert lib["scalefactors"] == local_lib["scalefactors"] and lib["metadata"] == local_lib["metadata"]
+    np.testing.assert_array_equal(lib["images"]["lowres"], local_lib["images"]["lowres"])
 
     second = D.dlpfc("151673", cache_dir=cache)  # from the cache, verified, no download
     assert len(calls) == len(_dlpfc.DLPFC_URLS)

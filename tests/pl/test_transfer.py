@@ -25,7 +25,7 @@ def test_panels_and_file(annotated, tmp_path):
 
 
 def test_without_truth_and_into_given_axes(annotated):
-    fig, ax = plt.subplots(1, 2)
+    _fig, ax = plt.subplots(1, 2)
     axes = sptl.pl.transfer(annotated, ax=list(ax), show=False)
     assert len(axes) == 2 and axes[0] is ax[0]
     with pytest.raises(ValueError, match="must hold 3 axes"):
@@ -34,7 +34,7 @@ def test_without_truth_and_into_given_axes(annotated):
 
 
 def test_errors(annotated, her2st):
-    with pytest.raises(KeyError, match="run `sptl.tl.transfer_labels"):
+    with pytest.raises(KeyError, match=r"run `sptl\.tl\.transfer_labels"):
         sptl.pl.transfer(her2st("D1"), show=False)
     with pytest.raises(KeyError, match="obs\\['truth'\\]"):
         sptl.pl.transfer(annotated, truth_key="truth", show=False)

@@ -37,7 +37,6 @@ DLPFC_URLS: dict[str, str] = {
     "{sample}/spatial/tissue_positions_list.csv": _GITHUB + "/10X/{sample}/tissue_positions_list.txt",
     "{sample}/spatial/scalefactors_json.json": _GITHUB + "/10X/{sample}/scalefactors_json.json",
     "{sample}/spatial/tissue_lowres_image.png": _S3 + "/images/{sample}_tissue_lowres_image.png",
-    "{sample}/spatial/tissue_hires_image.png": _S3 + "/images/{sample}_tissue_hires_image.png",
     LAYER_FILE: _GITHUB + "/Analysis/Layer_Guesses/First_Round/" + LAYER_FILE,
 }
 #: Known sha256 of every file (cache path -> hex digest). ``None``: not yet known; the digest seen on
@@ -70,8 +69,8 @@ def dlpfc(
     path
         Local folder laid out like the cache, used offline instead of downloading: a Space Ranger
         output folder ``{sample_id}/`` (``filtered_feature_bc_matrix.h5`` and ``spatial/`` with
-        ``tissue_positions_list.csv``, ``scalefactors_json.json``, ``tissue_lowres_image.png`` and
-        ``tissue_hires_image.png``) next to the layer map ``barcode_level_layer_map.tsv``.
+        ``tissue_positions_list.csv``, ``scalefactors_json.json``, ``tissue_lowres_image.png`` and,
+        optionally, ``tissue_hires_image.png``) next to the layer map ``barcode_level_layer_map.tsv``.
     cache_dir
         Download cache; default ``$SPTL_DATA_DIR``, else the user cache folder of the OS. The files
         go to ``{cache_dir}/dlpfc/``. Ignored when ``path`` is given.
@@ -86,8 +85,9 @@ def dlpfc(
       (``Layer1`` ... ``Layer6``, ``WM``); missing (NaN) for unlabelled spots,
     - ``obs['in_tissue']``, ``obs['array_row']``, ``obs['array_col']``, ``obs['sample_id']``,
     - ``var['gene_ids']``, ``var['feature_types']``, ``var['genome']``,
-    - ``uns['spatial'][sample_id]`` with ``'images'`` (``'hires'``, ``'lowres'``),
-      ``'scalefactors'`` and ``'metadata'``, as :func:`squidpy.read.visium` writes them.
+    - ``uns['spatial'][sample_id]`` with ``'images'`` (``'lowres'``; also ``'hires'`` when a
+      ``path`` folder has it, the download skips it), ``'scalefactors'`` and ``'metadata'``, as
+      :func:`squidpy.read.visium` writes them.
 
     Raises
     ------
@@ -98,7 +98,7 @@ def dlpfc(
     Notes
     -----
     Files and hosts (``DLPFC_URLS``): the count matrices ``h5/{id}_filtered_feature_bc_matrix.h5``
-    and images ``images/{id}_tissue_{lowres,hires}_image.png`` from the LIBD bucket
+    and lowres images ``images/{id}_tissue_lowres_image.png`` from the LIBD bucket
     ``spatial-dlpfc.s3.us-east-2.amazonaws.com``; spot positions ``10X/{id}/tissue_positions_list.txt``,
     scale factors ``10X/{id}/scalefactors_json.json`` and the barcode-level layer map
     ``Analysis/Layer_Guesses/First_Round/barcode_level_layer_map.tsv`` from the study's repository

@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pandas as pd
 from anndata import AnnData
-from scipy import sparse
-
-import h5py
 from anndata.io import read_elem, write_elem
+from scipy import sparse
 
 from ._registry import bundled_path
 
@@ -141,7 +140,7 @@ def read_her2st_raw(path: str | os.PathLike, section: str) -> AnnData:
     sel.index = [f"{x}x{y}" for x, y in zip(sel["x"], sel["y"], strict=True)]
     sel = sel[~sel.index.duplicated()]
     keep = spot_ids.isin(sel.index)
-    keep &= (sel.reindex(spot_ids)["selected"].fillna(0).to_numpy() == 1)
+    keep &= sel.reindex(spot_ids)["selected"].fillna(0).to_numpy() == 1
     counts, xy, spot_ids = counts.loc[keep], xy[keep], spot_ids[keep]
     sel = sel.loc[spot_ids]
 
@@ -160,7 +159,9 @@ def read_her2st_raw(path: str | os.PathLike, section: str) -> AnnData:
     lab_file = folder / f"{section}_labeled_coordinates.tsv"
     if lab_file.exists():
         lab = pd.read_csv(lab_file, sep="\t").dropna(subset=["x", "y"])
-        lab.index = [f"{x}x{y}" for x, y in zip(np.rint(lab["x"]).astype(int), np.rint(lab["y"]).astype(int), strict=True)]
+        lab.index = [
+            f"{x}x{y}" for x, y in zip(np.rint(lab["x"]).astype(int), np.rint(lab["y"]).astype(int), strict=True)
+        ]
         lab = lab[~lab.index.duplicated()]
         labels = lab["label"].reindex(spot_ids)
     obs["label"] = pd.Categorical(labels.to_numpy())

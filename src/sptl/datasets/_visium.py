@@ -35,7 +35,7 @@ DG_FILE = "visium_dentate_gyrus.h5ad"
 
 
 def visium_prostate(sample: str = "normal", *, path: str | os.PathLike | None = None) -> AnnData:
-    """Normal or cancerous human prostate section (10x Visium, Giotto mini set).
+    """Human prostate section, normal or cancerous (10x Visium, Giotto mini set).
 
     Two sections of one organ, normal prostate and prostate cancer, restricted by Giotto to 1255
     highly variable genes. No labels.
@@ -167,15 +167,31 @@ def visium_fixture(*, path: str | os.PathLike | None = None) -> AnnData:
 
 
 def read_visium_folder(path: str | os.PathLike, library_id: str | None = None) -> AnnData:
-    """Read a Space Ranger output folder with :func:`squidpy.read.visium`, counts as CSR ``int32``."""
+    """Read a Space Ranger output folder with :func:`squidpy.read.visium`, counts as CSR ``int32``.
+
+    Without ``spatial/tissue_hires_image.png`` (which squidpy's reader requires), the same layout is
+    built with the lowres image alone: counts and metadata from squidpy's reader, then positions,
+    scale factors and image read as squidpy reads them.
+    """
     import squidpy as sq
 
     folder = Path(path)
-    for rel in ("filtered_feature_bc_matrix.h5", "spatial/scalefactors_json.json"):
-        if not (folder / rel).exists():
-            msg = f"{folder / rel} not found: `path` must be a Space Ranger output folder."
+    positions = folder / "spatial" / "tissue_positions.csv"
+    if not positions.exists():
+        positions = folder / "spatial" / "tissue_positions_list.csv"
+    for file in (
+        folder / "filtered_feature_bc_matrix.h5",
+        positions,
+        folder / "spatial" / "scalefactors_json.json",
+        folder / "spatial" / "tissue_lowres_image.png",
+    ):
+        if not file.exists():
+            msg = f"{file} not found: `path` must be a Space Ranger output folder."
             raise FileNotFoundError(msg)
-    adata = sq.read.visium(folder, library_id=library_id)
+    if (folder / "spatial" / "tissue_hires_image.png").exists():
+        adata = sq.read.visium(folder, library_id=library_id)
+    else:
+        adata = _read_visium_lowres_only(folder, positions, library_id)
     adata.X = integer_csr(adata.X, "filtered_feature_bc_matrix.h5")
     adata.obsm["spatial"] = np.asarray(adata.obsm["spatial"], dtype=np.float64)
     for lib in adata.uns["spatial"].values():
@@ -188,6 +204,28 @@ def read_visium_folder(path: str | os.PathLike, library_id: str | None = None) -
             meta[key] = value
     adata.obs_names_make_unique()
     adata.var_names_make_unique()
+    return adata
+
+
+def _read_visium_lowres_only(folder: Path, positions: Path, library_id: str | None) -> AnnData:
+    """:func:`squidpy.read.visium` for a folder without the hires image (same keys, no ``'hires'``)."""
+    import squidpy as sq
+    from PIL import Image
+
+    adata = sq.read.visium(folder, library_id=library_id, load_images=False)
+    lib = adata.uns["spatial"][next(iter(adata.uns["spatial"]))]
+    with Image.open(folder / "spatial" / "tissue_lowres_image.png") as im:
+        lib["images"] = {"lowres": np.asarray(im).copy()}
+    lib["scalefactors"] = json.loads((folder / "spatial" / "scalefactors_json.json").read_bytes())
+    with open(positions) as f:
+        has_header = f.readline().split(",")[0].strip().lower() == "barcode"
+    coords = pd.read_csv(positions, header=0 if has_header else None, index_col=0)
+    coords.columns = ["in_tissue", "array_row", "array_col", "pxl_col_in_fullres", "pxl_row_in_fullres"]
+    coords.index = coords.index.astype(adata.obs.index.dtype)
+    adata.obs = pd.merge(adata.obs, coords, how="left", left_index=True, right_index=True)
+    # squidpy's column names are swapped: "pxl_row_in_fullres" holds x (the image column)
+    adata.obsm["spatial"] = adata.obs[["pxl_row_in_fullres", "pxl_col_in_fullres"]].to_numpy()
+    adata.obs = adata.obs.drop(columns=["pxl_row_in_fullres", "pxl_col_in_fullres"])
     return adata
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from abc import ABC, abstractmethod
 import os
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -52,7 +52,9 @@ class TransferModel(ABC):
 
     def _check_fitted(self) -> None:
         if not self.is_fitted:
-            msg = f"This {type(self).__name__} is not fitted yet: call `.fit(...)` or `{type(self).__name__}.load(path)`."
+            msg = (
+                f"This {type(self).__name__} is not fitted yet: call `.fit(...)` or `{type(self).__name__}.load(path)`."
+            )
             raise RuntimeError(msg)
 
     def _model_counts(
@@ -134,5 +136,7 @@ class TransferModel(ABC):
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
-        state = f"fitted on {len(self.var_names_)} genes, {len(self.classes_)} classes" if self.is_fitted else "not fitted"
+        state = (
+            f"fitted on {len(self.var_names_)} genes, {len(self.classes_)} classes" if self.is_fitted else "not fitted"
+        )
         return f"{type(self).__name__}({args}) [{state}]"

@@ -122,9 +122,7 @@ class KNNTransfer(TransferModel):
         steps = progress_bar(range(4), enabled=progress, desc="knn transfer: fit", total=4)
         it = iter(steps)
         next(it)
-        lognorm = [
-            log_normalize(X[:, a.var_names.get_indexer(genes)]) for X, a in zip(counts, everything, strict=True)
-        ]
+        lognorm = [log_normalize(X[:, a.var_names.get_indexer(genes)]) for X, a in zip(counts, everything, strict=True)]
         next(it)
         hvg = select_genes(lognorm[: len(sources)], genes, p["n_genes"])
         z = [_standardized(X[:, a.var_names.get_indexer(hvg)]) for X, a in zip(counts, everything, strict=True)]
@@ -164,7 +162,13 @@ class KNNTransfer(TransferModel):
         return _l2(_standardized(X) @ self.components_.T)
 
     def predict_proba(
-        self, adata: AnnData, /, *, layer: str | None = None, max_missing_genes: float = 0.1, progress: bool = True
+        self,
+        adata: AnnData,
+        /,
+        *,
+        layer: str | None = None,
+        max_missing_genes: float = 0.1,
+        progress: bool = True,
     ) -> pd.DataFrame:
         """Class probabilities for every observation of ``adata`` (rows: ``obs_names``, columns: classes)."""
         emb = self.transform(adata, layer=layer, max_missing_genes=max_missing_genes)
@@ -172,7 +176,13 @@ class KNNTransfer(TransferModel):
         return pd.DataFrame(probs, index=adata.obs_names.copy(), columns=pd.Index(self.classes_))
 
     def predict(
-        self, adata: AnnData, /, *, layer: str | None = None, max_missing_genes: float = 0.1, progress: bool = True
+        self,
+        adata: AnnData,
+        /,
+        *,
+        layer: str | None = None,
+        max_missing_genes: float = 0.1,
+        progress: bool = True,
     ) -> pd.Series:
         """Most probable class of every observation of ``adata`` (categorical Series)."""
         proba = self.predict_proba(adata, layer=layer, max_missing_genes=max_missing_genes, progress=progress)
@@ -210,6 +220,4 @@ def _l2(x: np.ndarray) -> np.ndarray:
 
 def _argmax_labels(proba: pd.DataFrame) -> pd.Series:
     cats = list(proba.columns)
-    return pd.Series(
-        pd.Categorical.from_codes(proba.to_numpy().argmax(axis=1), categories=cats), index=proba.index
-    )
+    return pd.Series(pd.Categorical.from_codes(proba.to_numpy().argmax(axis=1), categories=cats), index=proba.index)

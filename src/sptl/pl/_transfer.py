@@ -107,9 +107,7 @@ def transfer(
         extra = sorted(set(adata.obs[truth_key].dropna().astype(str)) - set(classes))
         if extra:
             shown = shown + [f"{e} (not in source)" for e in extra]
-    handles = [
-        Line2D([], [], marker="o", linestyle="", color=colors.get(c, MISSING_COLOR), label=c) for c in shown
-    ]
+    handles = [Line2D([], [], marker="o", linestyle="", color=colors.get(c, MISSING_COLOR), label=c) for c in shown]
     axes[n_panels - 2].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
 
     conf = adata.obs[conf_key].to_numpy(dtype=float)
@@ -131,7 +129,7 @@ def transfer(
 def _palette(classes: Sequence[str], palette: dict[str, str] | None) -> dict[str, str]:
     cmap = plt.get_cmap("tab20" if len(classes) > 10 else "tab10")
     colors = {str(c): cmap(i % cmap.N) for i, c in enumerate(classes)}
-    colors = {c: "#%02x%02x%02x" % tuple(int(255 * v) for v in rgba[:3]) for c, rgba in colors.items()}
+    colors = {c: "#{:02x}{:02x}{:02x}".format(*tuple(int(255 * v) for v in rgba[:3])) for c, rgba in colors.items()}
     colors.update(palette or {})
     return colors
 

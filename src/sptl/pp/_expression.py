@@ -1,5 +1,7 @@
-"""Expression preprocessing shared by the transfer models: library-size normalisation, gene
-selection across sections and per-section standardisation."""
+"""Expression preprocessing shared by the transfer models.
+
+Library-size normalisation, gene selection across sections and per-section standardisation.
+"""
 
 from __future__ import annotations
 
@@ -27,8 +29,11 @@ def log_normalize(X: np.ndarray | sparse.spmatrix, target_sum: float = 1e4) -> s
 
 
 def select_genes(batches: Sequence[sparse.csr_matrix], genes: pd.Index, n_genes: int) -> pd.Index:
-    """Highly variable genes across batches of log-normalised data (scanpy's ``seurat`` flavour with
-    ``batch_key``, which ranks genes by the number of batches where they are variable)."""
+    """Highly variable genes across batches of log-normalised data.
+
+    Uses scanpy's ``seurat`` flavour with ``batch_key``, which ranks genes by the number of batches
+    where they are variable.
+    """
     if n_genes >= len(genes):
         return genes
     joint = AnnData(X=sparse.vstack(batches).tocsr(), var=pd.DataFrame(index=genes))
