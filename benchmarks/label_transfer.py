@@ -49,8 +49,7 @@ def logreg(src, tgt):
 def ingest(src, tgt):
     import pynndescent
 
-    if getattr(pynndescent.NNDescent, "n_search_trees", None) is None:
-        pynndescent.NNDescent.n_search_trees = 1  # pynndescent 0.7.0 leaves it unset
+    _patch_pynndescent(pynndescent)
     genes = src.var_names.intersection(tgt.var_names)
     s, t = src[:, genes].copy(), tgt[:, genes].copy()
     s = s[~s.obs["label"].astype(str).isin([*EXCL, "nan"])].copy()
@@ -64,6 +63,22 @@ def ingest(src, tgt):
     s.obs["label"] = s.obs["label"].astype(str).astype("category")
     sc.tl.ingest(t, s, obs="label", embedding_method="pca")
     return t.obs["label"].astype(str).to_numpy()
+
+
+def _patch_pynndescent(pynndescent) -> None:
+    """pynndescent 0.7.0 leaves ``NNDescent.n_search_trees`` as None, which scanpy's ingest multiplies."""
+    cls = pynndescent.NNDescent
+    if getattr(cls, "_sptl_patched", False):
+        return
+    init = cls.__init__
+
+    def patched(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        if getattr(self, "n_search_trees", None) is None:
+            self.n_search_trees = 1
+
+    cls.__init__ = patched
+    cls._sptl_patched = True
 
 
 METHODS = {

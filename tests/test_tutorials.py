@@ -49,7 +49,10 @@ def test_tutorial_runs(path, tmp_path, monkeypatch, kernel_manager):
         allow_errors=False,
         resources={"metadata": {"path": str(tmp_path)}},  # the kernel's working directory
     )
+    error = None
     try:
         client.execute()
     except nbclient.exceptions.CellExecutionError as err:
-        pytest.fail(f"{path.name} failed:\n{err}", pytrace=False)
+        error = err
+    if error is not None:
+        pytest.fail(f"{path.name} failed:\n{error}", pytrace=False)

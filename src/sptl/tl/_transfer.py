@@ -87,9 +87,9 @@ def transfer_labels(
     ``None``, or the annotated copy of ``target`` if ``copy=True``. Written to the target:
 
     - ``obs[key_added]``: transferred label (categorical, categories = source classes),
-    - ``obs[f"{{key_added}}_confidence"]``: probability of that label,
-    - ``obsm[f"{{key_added}}_probabilities"]``: DataFrame of class probabilities,
-    - ``obsm[f"X_{{key_added}}"]``: the joint embedding of the target spots,
+    - ``obs[f"{key_added}_confidence"]``: probability of that label,
+    - ``obsm[f"{key_added}_probabilities"]``: DataFrame of class probabilities,
+    - ``obsm[f"X_{key_added}"]``: the joint embedding of the target spots,
     - ``uns[key_added]``: ``params`` and the source ``classes``.
 
     Examples
