@@ -47,7 +47,7 @@ def test_unlabelled_section_has_no_labels():
 
 
 def test_unknown_section():
-    with pytest.raises(ValueError, match="Unknown HER2ST section 'Z1'"):
+    with pytest.raises(ValueError, match="`section='Z1'` is not valid; choose one of"):
         sptl.datasets.her2st("Z1")
     with pytest.raises(FileNotFoundError, match="raw HER2ST files"):
         sptl.datasets.her2st("A1", path="/nonexistent")

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from ._parse import check_choice, integer_csr, locate
+from .._validate import check_choice
+from ._parse import integer_csr, locate
 from ._registry import load_bundled
 
 #: The four sections, in tissue order.
@@ -62,7 +63,7 @@ def breast_st(slice: int = 1, *, path: str | os.PathLike | None = None) -> AnnDa
     >>> adata.obsm["spatial"].shape
     (254, 2)
     """
-    check_choice(slice, BREAST_ST_SLICES, "breast ST slice")
+    check_choice(slice, "slice", BREAST_ST_SLICES)
     if path is None:
         return load_bundled(bundled_name(slice))
     return read_breast_st_raw(path, slice)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from ._parse import check_choice
+from .._validate import check_choice
 from ._registry import cache_dir as _cache_dir
 from ._visium import read_visium_folder
 
@@ -123,7 +123,7 @@ def dlpfc(
     >>> adata = sptl.datasets.dlpfc("151673")  # doctest: +SKIP
     >>> adata.obs["layer"].value_counts()  # doctest: +SKIP
     """
-    check_choice(sample_id, DLPFC_SAMPLES, "DLPFC sample_id")
+    check_choice(sample_id, "sample_id", DLPFC_SAMPLES)
     if path is None:
         folder = fetch_dlpfc(sample_id, cache_dir=cache_dir)
     else:
@@ -187,7 +187,7 @@ def fetch_dlpfc(sample_id: str, *, cache_dir: str | os.PathLike | None = None) -
     """
     from scanpy import logging as logg
 
-    check_choice(sample_id, DLPFC_SAMPLES, "DLPFC sample_id")
+    check_choice(sample_id, "sample_id", DLPFC_SAMPLES)
     folder = _cache_dir(cache_dir) / "dlpfc"
     record_file = folder / RECORD_FILE
     record: dict[str, str] = json.loads(record_file.read_text()) if record_file.exists() else {}

@@ -12,6 +12,7 @@ from anndata import AnnData
 from anndata.io import read_elem, write_elem
 from scipy import sparse
 
+from .._validate import check_choice
 from ._registry import bundled_path
 
 BUNDLED_FILE = "her2st.h5ad"
@@ -65,9 +66,7 @@ def her2st(section: str = "A1", *, path: str | os.PathLike | None = None) -> Ann
     >>> adata.obs["label"].value_counts().index[0]
     'connective tissue'
     """
-    if section not in HER2ST_SECTIONS:
-        msg = f"Unknown HER2ST section {section!r}; choose one of {list(HER2ST_SECTIONS)}."
-        raise ValueError(msg)
+    check_choice(section, "section", HER2ST_SECTIONS)
     if path is None:
         return _read_bundled_section(section)
     return read_her2st_raw(path, section)

@@ -11,13 +11,6 @@ import pandas as pd
 from scipy import sparse
 
 
-def check_choice(value: object, choices: Sequence, what: str) -> None:
-    """Raise ``ValueError`` naming the valid choices when ``value`` is not one of them."""
-    if value not in choices:
-        msg = f"Unknown {what} {value!r}; choose one of {list(choices)}."
-        raise ValueError(msg)
-
-
 def locate(path: str | os.PathLike, marker: str, subfolder: str | None = None) -> Path:
     """Folder holding ``marker``: ``path`` itself or ``path / subfolder`` (the release's own layout).
 

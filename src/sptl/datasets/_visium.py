@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from ._parse import check_choice, integer_csr, locate
+from .._validate import check_choice
+from ._parse import integer_csr, locate
 from ._registry import bundled_path, load_bundled
 
 #: ``sample`` names of :func:`visium_prostate` and the Giotto ``list_ID`` of each.
@@ -79,7 +80,7 @@ def visium_prostate(sample: str = "normal", *, path: str | os.PathLike | None = 
     >>> adata.shape
     (1340, 1255)
     """
-    check_choice(sample, list(PROSTATE_SAMPLES), "prostate sample")
+    check_choice(sample, "sample", list(PROSTATE_SAMPLES))
     adata = load_bundled(PROSTATE_FILE) if path is None else read_visium_prostate_raw(path)
     adata = adata[(adata.obs["sample"] == sample).to_numpy()].copy()
     adata.obs["sample"] = adata.obs["sample"].cat.remove_unused_categories()
