@@ -25,9 +25,9 @@ def demo(
 
     matplotlib.use("Agg")
     import scanpy as sc
+    from tqdm import tqdm
 
     from . import datasets, pl, tl
-    from ._progress import progress_bar
     from .metrics import label_scores
 
     sc.settings.verbosity = 1
@@ -36,18 +36,21 @@ def demo(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = perf_counter()
-    stages = iter(progress_bar(range(4), enabled=progress, desc="sptl demo", total=4))
-    next(stages)
+    bar = tqdm(total=4, desc="sptl demo: load", disable=not progress, leave=False, dynamic_ncols=True)
     src, tgt = datasets.her2st(source), datasets.her2st(target)
-    print(f"source {source}: {src.n_obs} spots x {src.n_vars} genes (patient {source[0]})")
-    print(f"target {target}: {tgt.n_obs} spots x {tgt.n_vars} genes (patient {target[0]})")
-    next(stages)
-    tl.transfer_labels(src, tgt, label_key="label", exclude=["undetermined"], device=device, progress=progress)
-    next(stages)
+    tqdm.write(f"source {source}: {src.n_obs} spots x {src.n_vars} genes (patient {source[0]})")
+    tqdm.write(f"target {target}: {tgt.n_obs} spots x {tgt.n_vars} genes (patient {target[0]})")
+    bar.update()
+    bar.set_description("sptl demo: transfer")
+    # this bar tracks the stages; transfer_labels' own bars would interleave with it
+    tl.transfer_labels(src, tgt, label_key="label", exclude=["undetermined"], device=device, progress=False)
+    bar.update()
+    bar.set_description("sptl demo: score and write")
     scores = label_scores(tgt.obs["label"], tgt.obs["sptl_label"], labels=tgt.uns["sptl_label"]["classes"])
     stem = out / f"her2st_{target}_from_{source}"
     tgt.write_h5ad(stem.with_suffix(".h5ad"), compression="gzip")
-    next(stages)
+    bar.update()
+    bar.set_description("sptl demo: plot")
     pl.transfer(
         tgt,
         truth_key="label",
@@ -55,8 +58,8 @@ def demo(
         save=stem.with_suffix(".png"),
         show=False,
     )
-    for _ in stages:
-        pass
+    bar.update()
+    bar.close()
     print(
         f"label transfer {source} -> {target} (knn, {perf_counter() - start:.1f}s), scored on "
         f"{scores['n_scored']} target spots whose pathologist label the source has:"
