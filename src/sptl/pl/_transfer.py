@@ -106,7 +106,7 @@ def transfer(
     if truth_key is not None:
         extra = sorted(set(adata.obs[truth_key].dropna().astype(str)) - set(classes))
         if extra:
-            shown = shown + [f"{e} (not in source)" for e in extra]
+            shown = shown + [f"{e} (not transferred)" for e in extra]
     handles = [Line2D([], [], marker="o", linestyle="", color=colors.get(c, MISSING_COLOR), label=c) for c in shown]
     axes[n_panels - 2].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
 
