@@ -8,12 +8,11 @@ import numpy as np
 import pandas as pd
 import torch
 from anndata import AnnData
-from sklearn.decomposition import PCA
 
 from .. import _validate
 from .._device import resolve_device
 from .._progress import progress_bar
-from ..pp._expression import log_normalize, select_genes, standardize
+from ..pp._expression import fit_pca_space, standardized
 from ._base import TransferModel
 
 
@@ -119,28 +118,22 @@ class KNNTransfer(TransferModel):
         genes = _validate.shared_genes(everything, names, min_shared_genes)
         p = self.params
 
-        steps = progress_bar(range(4), enabled=progress, desc="knn transfer: fit", total=4)
-        it = iter(steps)
-        next(it)
-        lognorm = [log_normalize(X[:, a.var_names.get_indexer(genes)]) for X, a in zip(counts, everything, strict=True)]
-        next(it)
-        hvg = select_genes(lognorm[: len(sources)], genes, p["n_genes"])
-        z = [_standardized(X[:, a.var_names.get_indexer(hvg)]) for X, a in zip(counts, everything, strict=True)]
-        next(it)
-        n_comps = min(p["n_comps"], len(hvg), sum(x.shape[0] for x in z) - 1)
-        pca = PCA(n_components=n_comps, random_state=p["seed"], svd_solver="randomized")
-        pca.fit(np.vstack(z))
-        components = pca.components_.astype(np.float32)
-        next(it)
+        hvg, components, pcs = fit_pca_space(
+            everything,
+            counts,
+            genes=genes,
+            n_sources=len(sources),
+            n_genes=p["n_genes"],
+            n_comps=p["n_comps"],
+            seed=p["seed"],
+        )
         lab = pd.concat(labels)
         labelled = lab.notna().to_numpy()
-        src_emb = _l2(np.vstack(z[: len(sources)]) @ components.T)[labelled]
+        src_emb = _l2(np.vstack(pcs[: len(sources)]))[labelled]
         classes = sorted(lab.dropna().unique())
         codes = pd.Categorical(lab[labelled], categories=classes).codes.astype(np.int64)
         freq = np.bincount(codes, minlength=len(classes)).astype(np.float32)
         weights = 1.0 / freq if p["balance"] else np.ones_like(freq)
-        for _ in it:
-            pass
 
         self.var_names_ = pd.Index(hvg)
         self.classes_ = classes
@@ -159,7 +152,7 @@ class KNNTransfer(TransferModel):
         """
         _validate.check_adata(adata, "adata")
         X = self._model_counts(adata, layer, max_missing_genes)
-        return _l2(_standardized(X) @ self.components_.T)
+        return _l2(standardized(X) @ self.components_.T)
 
     def predict_proba(
         self,
@@ -207,11 +200,6 @@ class KNNTransfer(TransferModel):
             votes = torch.where(total > 0, votes / total.clamp_min(1e-12), torch.full_like(votes, 1 / votes.shape[1]))
             out[s : s + chunk] = votes.cpu().numpy()
         return out
-
-
-def _standardized(counts) -> np.ndarray:
-    """Log-normalise counts on the model genes and z-score them within the section."""
-    return standardize(log_normalize(counts))
 
 
 def _l2(x: np.ndarray) -> np.ndarray:
