@@ -21,6 +21,11 @@ def confidence(key_added: str) -> str:
     return f"{key_added}_confidence"
 
 
+def entropy(key_added: str) -> str:
+    """``obs`` column with the entropy of the class probabilities behind a transferred label."""
+    return f"{key_added}_entropy"
+
+
 def probabilities(key_added: str) -> str:
     """``obsm`` key of the per-class probabilities (a DataFrame, one column per class)."""
     return f"{key_added}_probabilities"

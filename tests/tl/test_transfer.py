@@ -53,6 +53,8 @@ def test_keys_written(her2st):
     np.testing.assert_allclose(proba.to_numpy().sum(1), 1, atol=1e-5)
     np.testing.assert_array_equal(proba.to_numpy().argmax(1), labels.cat.codes.to_numpy())
     assert target.obsm["X_sptl_label"].shape == (target.n_obs, 30)
+    ent = target.obs["sptl_label_entropy"].to_numpy()
+    assert (ent >= 0).all() and (ent <= np.log(3) + 1e-5).all()
     params = target.uns["sptl_label"]["params"]
     assert params["label_key"] == "label" and params["method"] == "knn" and params["exclude"] == EXCL
 
@@ -139,6 +141,15 @@ def _bad_cases(her2st):
     cases.append(("missing layer", src, tgt, {"layer": "counts"}, KeyError, r"layers\['counts'\]"))
     cases.append(("bad smooth", src, tgt, {"smooth": 1.0}, ValueError, "smooth"))
     cases.append(("not anndata", src, tgt.to_df(), {}, TypeError, "must be an AnnData"))
+    cases.append(("knn adaptation", src, tgt, {"adaptation": "dann"}, ValueError, "applies to `method='gnn'`"))
+    cases.append(
+        ("gnn without coords", src, tgt, {"method": "gnn", "spatial_key": None}, ValueError, "needs coordinates")
+    )
+    s = src.copy()
+    del s.obsm["spatial"]
+    cases.append(("gnn source coords", s, tgt, {"method": "gnn"}, KeyError, r"source.obsm\['spatial'\]"))
+    cases.append(("graph missing", src, tgt, {"method": "gnn", "graph_key": "g"}, KeyError, "spatial_graph"))
+    cases.append(("bad encoder", src, tgt, {"method": "gnn", "model_kwargs": {"encoder": "x"}}, ValueError, "encoder"))
     return cases
 
 
@@ -167,3 +178,39 @@ def test_cuda_requested_without_cuda(her2st):
         pytest.skip("CUDA is available here")
     with pytest.raises(ValueError, match="CUDA is not available"):
         sptl.tl.transfer_labels(her2st("F1"), her2st("D1"), label_key="label", device="cuda", progress=False)
+
+
+def test_gnn_method_writes_everything(her2st):
+    source, target = her2st("F1"), her2st("D1")
+    sptl.tl.transfer_labels(
+        source,
+        target,
+        label_key="label",
+        method="gnn",
+        exclude=EXCL,
+        adaptation="dann",
+        unassigned_threshold=0.5,
+        model_kwargs={"max_epochs": 30},
+        key_added="gnn",
+        progress=False,
+    )
+    cats = list(target.obs["gnn"].cat.categories)
+    assert cats == ["connective tissue", "immune infiltrate", "invasive cancer", "unassigned"]
+    assert target.obsm["X_gnn"].shape == (target.n_obs, 64)
+    hist = target.uns["gnn"]["history"]
+    assert len(hist["loss"]) == 30 and max(hist["adaptation"]) > 0
+    params = target.uns["gnn"]["params"]
+    assert params["method"] == "gnn" and params["adaptation"] == "dann" and params["smooth"] == 0.0
+    assert params["model_kwargs"] == {"max_epochs": 30}
+    assert (target.obs.loc[target.obs["gnn"] == "unassigned", "gnn_confidence"] < 0.5).all()
+
+
+def test_gnn_reproducible(her2st):
+    outs = []
+    for _ in range(2):
+        target = her2st("D1")
+        sptl.tl.transfer_labels(
+            her2st("C1"), target, label_key="label", method="gnn", model_kwargs={"max_epochs": 20}, progress=False
+        )
+        outs.append(target.obsm["sptl_label_probabilities"])
+    pd.testing.assert_frame_equal(outs[0], outs[1])

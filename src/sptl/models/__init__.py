@@ -1,6 +1,7 @@
 """Trainable transfer models (``fit`` / ``predict`` / ``save`` / ``load``)."""
 
 from ._base import TransferModel
+from ._gnn import RelationalTransfer
 from ._knn import KNNTransfer
 
-__all__ = ["KNNTransfer", "TransferModel"]
+__all__ = ["KNNTransfer", "RelationalTransfer", "TransferModel"]

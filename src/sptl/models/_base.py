@@ -14,7 +14,7 @@ from anndata import AnnData
 from scanpy import logging as logg
 from scipy import sparse
 
-from .. import _validate
+from .. import _keys, _validate
 
 #: Bumped when the checkpoint layout changes; older files are refused with a clear error.
 FORMAT_VERSION = 1
@@ -94,7 +94,7 @@ class TransferModel(ABC):
             "classes": self.classes_,
             "history": self.history_,
         }
-        arrays = {k: np.asarray(getattr(self, k)) for k in self._state_arrays}
+        arrays = self._arrays()
         path = Path(path)
         with path.open("wb") as fh:
             np.savez_compressed(fh, __header__=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **arrays)
@@ -130,9 +130,17 @@ class TransferModel(ABC):
         model.var_names_ = pd.Index(header["var_names"])
         model.classes_ = header["classes"]
         model.history_ = header.get("history", {})
-        for k in cls._state_arrays:
-            setattr(model, k, arrays[k])
+        model._restore(arrays)
         return model
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        """The arrays that make up the trained state (saved by :meth:`save`)."""
+        return {k: np.asarray(getattr(self, k)) for k in self._state_arrays}
+
+    def _restore(self, arrays: dict[str, np.ndarray]) -> None:
+        """Set the trained state from the arrays of a checkpoint."""
+        for k in self._state_arrays:
+            setattr(self, k, arrays[k])
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
@@ -140,3 +148,14 @@ class TransferModel(ABC):
             f"fitted on {len(self.var_names_)} genes, {len(self.classes_)} classes" if self.is_fitted else "not fitted"
         )
         return f"{type(self).__name__}({args}) [{state}]"
+
+
+def labels_from_proba(proba: pd.DataFrame, threshold: float | None) -> pd.Series:
+    """Argmax labels (categorical); with ``threshold``, rows below it become ``"unassigned"``."""
+    cats = [str(c) for c in proba.columns]
+    values = proba.to_numpy()
+    codes = values.argmax(axis=1)
+    if threshold is not None:
+        cats = [*cats, _keys.UNASSIGNED]
+        codes = np.where(values.max(axis=1) < threshold, len(cats) - 1, codes)
+    return pd.Series(pd.Categorical.from_codes(codes, categories=cats), index=proba.index)

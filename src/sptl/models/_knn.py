@@ -13,7 +13,7 @@ from .. import _validate
 from .._device import resolve_device
 from .._progress import progress_bar
 from ..pp._expression import fit_pca_space, standardized
-from ._base import TransferModel
+from ._base import TransferModel, labels_from_proba
 
 
 class KNNTransfer(TransferModel):
@@ -179,7 +179,7 @@ class KNNTransfer(TransferModel):
     ) -> pd.Series:
         """Most probable class of every observation of ``adata`` (categorical Series)."""
         proba = self.predict_proba(adata, layer=layer, max_missing_genes=max_missing_genes, progress=progress)
-        return _argmax_labels(proba)
+        return labels_from_proba(proba, None)
 
     def _vote(self, emb: np.ndarray, *, progress: bool, chunk: int = 4096) -> np.ndarray:
         device = resolve_device(self.params["device"])
@@ -204,8 +204,3 @@ class KNNTransfer(TransferModel):
 
 def _l2(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-
-
-def _argmax_labels(proba: pd.DataFrame) -> pd.Series:
-    cats = list(proba.columns)
-    return pd.Series(pd.Categorical.from_codes(proba.to_numpy().argmax(axis=1), categories=cats), index=proba.index)

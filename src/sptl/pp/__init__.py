@@ -1,3 +1,5 @@
-"""Preprocessing."""
+"""Preprocessing: spatial graphs."""
 
-__all__: list[str] = []
+from ._graph import spatial_graph
+
+__all__ = ["spatial_graph"]

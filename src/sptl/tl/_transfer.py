@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from time import perf_counter
+from typing import Any
 
 import numpy as np
 import pandas as pd
-import squidpy as sq
 from anndata import AnnData
 from scanpy import logging as logg
 
 from .. import _keys, _validate
 from .._docs import inject_docs
-from ..models._knn import KNNTransfer, _argmax_labels
+from ..models._base import labels_from_proba
+from ..models._gnn import RelationalTransfer
+from ..models._knn import KNNTransfer
+from ..pp._graph import build_graph, check_graph
 
-METHODS = ("knn",)
+METHODS = ("knn", "gnn")
+#: Spatial smoothing applied by default: the knn vote sees no neighbourhood, the GNN already does.
+DEFAULT_SMOOTH = {"knn": 0.5, "gnn": 0.0}
 
 
 @inject_docs
@@ -29,12 +33,17 @@ def transfer_labels(
     method: str = "knn",
     exclude: Sequence[str] = (),
     layer: str | None = None,
+    batch_key: str | None = None,
     n_genes: int = 3000,
     n_comps: int = 30,
     n_neighbors: int = 15,
     balance: bool = True,
-    smooth: float = 0.5,
+    smooth: float | None = None,
+    adaptation: str | Sequence[str] | None = None,
+    unassigned_threshold: float | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
     spatial_key: str | None = _keys.SPATIAL,
+    graph_key: str | None = None,
     min_shared_genes: int = 100,
     key_added: str = _keys.TRANSFER,
     device: str | None = None,
@@ -44,11 +53,12 @@ def transfer_labels(
 ) -> AnnData | None:
     """Transfer labels from annotated source section(s) to a target section.
 
-    Both sides are normalised on the genes they share and embedded jointly (see
-    :class:`sptl.models.KNNTransfer`); every target spot takes the vote of its nearest source spots.
-    With ``smooth > 0`` the class probabilities are then mixed with those of the spot's spatial
-    neighbours (a graph from :func:`squidpy.gr.spatial_neighbors`), since tissue regions are
-    contiguous.
+    Both sides are normalised on the genes they share, z-scored within each section and embedded in
+    a joint PCA. ``method="knn"`` lets every target spot take the vote of its nearest source spots
+    (:class:`sptl.models.KNNTransfer`); ``method="gnn"`` trains a graph neural network over the spatial
+    neighbour graphs of the sections (:class:`sptl.models.RelationalTransfer`), optionally with domain
+    adaptation to the target. With ``smooth > 0`` the class probabilities are finally mixed with
+    those of each spot's spatial neighbours, since tissue regions are contiguous.
 
     Parameters
     ----------
@@ -57,23 +67,39 @@ def transfer_labels(
     label_key
         Column of ``source.obs`` with the labels to transfer; missing values are ignored.
     method
-        Transfer method. ``"knn"``: similarity-weighted k-nearest-neighbour vote in a joint embedding.
+        ``"knn"``: similarity-weighted k-nearest-neighbour vote in the joint embedding. ``"gnn"``: graph
+        neural network (GAT by default) trained on the source graph(s).
     exclude
         Source labels not to transfer (for example ``["undetermined"]``); those spots are ignored.
     {layer}
+    batch_key
+        Column of ``source.obs`` that splits one source AnnData into several sections (each is
+        standardised on its own and, for ``"gnn"``, gets its own graph).
     n_genes
-        Number of highly variable genes used for the embedding.
+        Number of highly variable genes (chosen on the source) used for the embedding.
     n_comps
         Number of principal components of the joint embedding.
     n_neighbors
-        Number of source neighbours that vote.
+        Number of source neighbours that vote (``"knn"``).
     balance
-        Weight votes by the inverse class frequency in the source, so rare classes are not drowned.
+        Rebalance classes (``"knn"``: votes divided by class size; ``"gnn"``: class-weighted loss), so
+        rare classes are not drowned.
     smooth
-        Weight in ``[0, 1)`` of the spatial neighbours' probabilities in each spot's final probabilities;
-        ``0`` turns smoothing off.
+        Weight in ``[0, 1)`` of the spatial neighbours' probabilities in each spot's final
+        probabilities; ``None`` uses 0.5 for ``"knn"`` and 0 for ``"gnn"``.
+    adaptation
+        Domain adaptation for ``"gnn"``: ``"mmd"``, ``"dann"``, ``"self_training"``, a list of them, or
+        ``None``.
+    unassigned_threshold
+        Open set: spots whose top probability is below this get the label ``"unassigned"``.
+    model_kwargs
+        Further arguments of the model class (for example ``{{"encoder": "sage", "max_epochs": 300}}``).
     spatial_key
-        Key in ``target.obsm`` with the coordinates used for smoothing; ``None`` turns smoothing off.
+        Key in ``.obsm`` with the coordinates used for smoothing and graphs; ``None`` turns smoothing
+        off (``"knn"`` only).
+    graph_key
+        Use the graphs in ``obsp[f"{{graph_key}}_connectivities"]`` of source and target (from
+        :func:`sptl.pp.spatial_graph`); ``None`` builds them on the fly.
     min_shared_genes
         Fewest genes source and target must share.
     {key_added}
@@ -86,11 +112,13 @@ def transfer_labels(
     -------
     ``None``, or the annotated copy of ``target`` if ``copy=True``. Written to the target:
 
-    - ``obs[key_added]``: transferred label (categorical, categories = source classes),
-    - ``obs[f"{key_added}_confidence"]``: probability of that label,
+    - ``obs[key_added]``: transferred label (categorical, categories = source classes, plus
+      ``"unassigned"`` with ``unassigned_threshold``),
+    - ``obs[f"{key_added}_confidence"]``: probability of the most probable class,
+    - ``obs[f"{key_added}_entropy"]``: entropy of the class probabilities (nats),
     - ``obsm[f"{key_added}_probabilities"]``: DataFrame of class probabilities,
-    - ``obsm[f"X_{key_added}"]``: the joint embedding of the target spots,
-    - ``uns[key_added]``: ``params`` and the source ``classes``.
+    - ``obsm[f"X_{key_added}"]``: the embedding of the target spots (joint PCA or GNN embedding),
+    - ``uns[key_added]``: ``params``, the source ``classes`` and, for ``"gnn"``, the training ``history``.
 
     Examples
     --------
@@ -107,82 +135,126 @@ def transfer_labels(
     _validate.check_choice(method, "method", METHODS)
     _validate.check_adata(target, "target")
     sources = _validate.as_adata_list(source, "source")
+    smooth = DEFAULT_SMOOTH[method] if smooth is None else smooth
     if not 0 <= smooth < 1:
         msg = f"`smooth` must lie in [0, 1), got {smooth!r}."
         raise ValueError(msg)
+    if spatial_key is None and method == "gnn":
+        msg = "`method='gnn'` needs coordinates: pass `spatial_key=` (default 'spatial')."
+        raise ValueError(msg)
     coords = None
-    if smooth > 0 and spatial_key is not None:
+    if spatial_key is not None and (smooth > 0 or method == "gnn"):
         coords = _validate.check_spatial(target, spatial_key, "target")
+    smooth_graph = None
+    if coords is not None and smooth > 0:
+        smooth_graph = (
+            check_graph(target, graph_key, coords, "target")
+            if graph_key is not None
+            else build_graph(coords, n_neighs=min(6, max(target.n_obs - 1, 1)))[0]
+            if target.n_obs > 1
+            else None
+        )
+    extra = dict(model_kwargs or {})
     params = {
         "label_key": label_key,
         "method": method,
         "exclude": list(exclude),
         "layer": layer,
+        "batch_key": batch_key,
         "n_genes": n_genes,
         "n_comps": n_comps,
         "n_neighbors": n_neighbors,
         "balance": balance,
-        "smooth": smooth if coords is not None else 0.0,
+        "smooth": smooth if smooth_graph is not None else 0.0,
+        "adaptation": adaptation if isinstance(adaptation, str | None) else list(adaptation),
+        "unassigned_threshold": unassigned_threshold,
+        "model_kwargs": extra,
         "spatial_key": spatial_key,
+        "graph_key": graph_key,
         "min_shared_genes": min_shared_genes,
         "n_sources": len(sources),
         "seed": seed,
     }
     logg.info(f"transferring `{label_key}` from {len(sources)} source(s) to {target.n_obs} target spots ({method})")
 
-    model = KNNTransfer(
-        n_genes=n_genes, n_comps=n_comps, n_neighbors=n_neighbors, balance=balance, device=device, seed=seed
-    )
-    model.fit(
-        sources,
-        label_key=label_key,
-        target=target,
-        layer=layer,
-        exclude=exclude,
-        min_shared_genes=min_shared_genes,
-        progress=progress,
-    )
-    embedding = model.transform(target, layer=layer)
-    proba = model.predict_proba(target, layer=layer, progress=progress)
-    if coords is not None:
-        proba = _smooth(proba, coords, smooth)
-    labels = _argmax_labels(proba)
+    history = None
+    if method == "knn":
+        if adaptation is not None:
+            msg = "`adaptation` applies to `method='gnn'`; the knn vote already standardises each section."
+            raise ValueError(msg)
+        if batch_key is not None:
+            from ..models._gnn import _split_batches
+
+            sources = _split_batches(sources, batch_key)
+        model = KNNTransfer(
+            n_genes=n_genes,
+            n_comps=n_comps,
+            n_neighbors=n_neighbors,
+            balance=balance,
+            device=device,
+            seed=seed,
+            **extra,
+        )
+        model.fit(
+            sources, label_key=label_key, target=target, layer=layer, exclude=exclude, min_shared_genes=min_shared_genes
+        )
+        embedding = model.transform(target, layer=layer)
+        proba = model.predict_proba(target, layer=layer, progress=progress)
+    else:
+        model = RelationalTransfer(
+            n_genes=n_genes,
+            n_comps=n_comps,
+            balance=balance,
+            adaptation=adaptation,
+            device=device,
+            seed=seed,
+            **extra,
+        )
+        model.fit(
+            sources,
+            label_key=label_key,
+            target=target,
+            layer=layer,
+            exclude=exclude,
+            batch_key=batch_key,
+            spatial_key=spatial_key,
+            graph_key=graph_key,
+            min_shared_genes=min_shared_genes,
+            progress=progress,
+        )
+        probs, embedding = model._forward(
+            target, layer=layer, spatial_key=spatial_key, graph_key=graph_key, max_missing_genes=1.0, progress=progress
+        )
+        proba = pd.DataFrame(probs, index=target.obs_names.copy(), columns=pd.Index(model.classes_))
+        history = model.history_
+    if smooth_graph is not None:
+        proba = _smooth(proba, smooth_graph, smooth)
+    labels = labels_from_proba(proba, unassigned_threshold)
+    p = proba.to_numpy()
+    entropy = -(p * np.log(np.clip(p, 1e-12, None))).sum(axis=1)
 
     # write everything at once
     adata = target.copy() if copy else target
-    adata.obs[key_added] = pd.Categorical(labels.to_numpy(), categories=model.classes_)
-    adata.obs[_keys.confidence(key_added)] = proba.max(axis=1).to_numpy().astype(np.float32)
+    adata.obs[key_added] = labels.array
+    adata.obs[_keys.confidence(key_added)] = p.max(axis=1).astype(np.float32)
+    adata.obs[_keys.entropy(key_added)] = entropy.astype(np.float32)
     adata.obsm[_keys.probabilities(key_added)] = proba
     adata.obsm[_keys.embedding(key_added)] = embedding
     adata.uns[key_added] = {"params": params, "classes": list(model.classes_)}
+    if history is not None:
+        adata.uns[key_added]["history"] = history
     logg.info(
         f"    finished ({perf_counter() - start:.1f}s): added\n"
-        f"    'obs[{key_added!r}]', 'obs[{_keys.confidence(key_added)!r}]',\n"
+        f"    'obs[{key_added!r}]', 'obs[{_keys.confidence(key_added)!r}]', 'obs[{_keys.entropy(key_added)!r}]',\n"
         f"    'obsm[{_keys.probabilities(key_added)!r}]', 'obsm[{_keys.embedding(key_added)!r}]', 'uns[{key_added!r}]'"
     )
     return adata if copy else None
 
 
-def _smooth(proba: pd.DataFrame, coords: np.ndarray, weight: float) -> pd.DataFrame:
-    """Mix each spot's probabilities with the mean of its spatial neighbours' (squidpy graph)."""
-    if len(proba) < 2:
-        return proba
-    graph = AnnData(obs=pd.DataFrame(index=proba.index))
-    graph.obsm[_keys.SPATIAL] = coords
-    n_neighs = min(6, len(proba) - 1)
-    knn = getattr(sq.gr, "spatial_neighbors_knn", None)  # squidpy >= 1.8; older: spatial_neighbors
-    # squidpy logs each graph through spatialdata's logger; keep it to warnings
-    sd_logger = logging.getLogger("spatialdata._logging")
-    level = sd_logger.level
-    sd_logger.setLevel(logging.WARNING)
-    try:
-        if knn is not None:
-            knn(graph, spatial_key=_keys.SPATIAL, n_neighs=n_neighs)
-        else:  # pragma: no cover - older squidpy
-            sq.gr.spatial_neighbors(graph, spatial_key=_keys.SPATIAL, coord_type="generic", n_neighs=n_neighs)
-    finally:
-        sd_logger.setLevel(level)
-    A = graph.obsp[_keys.connectivities(_keys.SPATIAL)].tocsr().astype(np.float32)
+def _smooth(proba: pd.DataFrame, graph: Any, weight: float) -> pd.DataFrame:
+    """Mix each spot's probabilities with the mean of its spatial neighbours' probabilities."""
+    A = graph.tocsr().astype(np.float32)
+    A = ((A + A.T) > 0).astype(np.float32)
     deg = np.asarray(A.sum(axis=1)).ravel()
     P = proba.to_numpy()
     neigh = (A @ P) / np.maximum(deg, 1)[:, None]

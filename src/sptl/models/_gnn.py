@@ -1,0 +1,564 @@
+"""Relational transfer: a graph neural network over the spatial neighbour graph."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+from scipy import sparse
+from torch import nn
+from torch.nn import functional as F
+
+from .. import _keys, _validate
+from .._device import resolve_device
+from .._progress import progress_bar
+from ..pp._expression import fit_pca_space, standardized
+from ..pp._graph import build_graph, check_graph
+from ._base import TransferModel, labels_from_proba
+
+ENCODERS = ("gat", "sage", "gcn")
+ADAPTATIONS = ("mmd", "dann", "self_training")
+
+
+class _GradReverse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, coeff: float) -> torch.Tensor:
+        ctx.coeff = coeff
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return -ctx.coeff * grad, None
+
+
+class _Net(nn.Module):
+    """Graph encoder (GAT / GraphSAGE / GCN from PyG) with a label head and a domain head."""
+
+    def __init__(
+        self, in_dim: int, n_classes: int, *, encoder: str, hidden: int, n_layers: int, heads: int, dropout: float
+    ) -> None:
+        super().__init__()
+        from torch_geometric.nn import GATConv, GCNConv, SAGEConv
+
+        self.inp = nn.Linear(in_dim, hidden)
+        self.convs = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        for _ in range(n_layers):
+            if encoder == "gat":
+                conv = GATConv(hidden, hidden // heads, heads=heads, dropout=dropout)
+            elif encoder == "sage":
+                conv = SAGEConv(hidden, hidden)
+            else:
+                conv = GCNConv(hidden, hidden)
+            self.convs.append(conv)
+            self.norms.append(nn.LayerNorm(hidden))
+        self.dropout = dropout
+        self.head = nn.Linear(hidden, n_classes)
+        self.domain = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def embed(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        h = F.elu(self.inp(F.dropout(x, self.dropout, self.training)))
+        for conv, norm in zip(self.convs, self.norms, strict=True):
+            h = norm(h + F.elu(conv(F.dropout(h, self.dropout, self.training), edge_index)))
+        return h
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.embed(x, edge_index)
+        return self.head(h), h
+
+
+class RelationalTransfer(TransferModel):
+    """Label transfer with a graph neural network trained on annotated source sections.
+
+    Every section becomes a graph (spots or cells as nodes, spatial neighbours as edges, from
+    :func:`sptl.pp.spatial_graph`); node features are the section-standardised joint PCA of the
+    shared genes (as in :class:`KNNTransfer`). A PyG encoder (GAT by default) learns how a spot's label
+    follows from its own expression and its neighbourhood, and the learned relational patterns are
+    applied to new sections. Domain adaptation aligns source and target embeddings while training.
+
+    Parameters
+    ----------
+    encoder
+        ``"gat"`` (graph attention), ``"sage"`` (GraphSAGE) or ``"gcn"``.
+    hidden
+        Width of the hidden layers and of the embedding.
+    n_layers
+        Message-passing layers (the receptive field in graph hops).
+    heads
+        Attention heads of GAT layers.
+    dropout
+        Dropout on features and attention.
+    adaptation
+        Domain adaptation while training with a target: ``None``, ``"mmd"`` (maximum mean discrepancy
+        between source and target embeddings), ``"dann"`` (gradient reversal with a domain
+        classifier), ``"self_training"`` (confident target pseudo-labels), or a list of them.
+    adaptation_weight
+        Weight of the adaptation losses.
+    balance
+        Class-balanced cross-entropy (weights inverse to class frequency) for rare labels.
+    unassigned_threshold
+        Open set: observations whose top probability is below this become ``"unassigned"``.
+    n_genes
+        Highly variable genes chosen on the source.
+    n_comps
+        Principal components used as node features.
+    n_neighs
+        Neighbours per node when the graph is built on the fly.
+    max_epochs
+        Training epochs.
+    lr
+        Learning rate (AdamW).
+    weight_decay
+        Weight decay (AdamW).
+    tile_size
+        Largest number of nodes in one mini-batch: larger sections are cut into spatial tiles with a halo
+        of ``n_layers`` hops, so memory grows linearly with the number of cells.
+    device
+        Torch device; ``None`` picks CUDA when available.
+    seed
+        Random seed (features, weights, tiles, dropout).
+
+    Examples
+    --------
+    >>> import sptl
+    >>> source, target = sptl.datasets.her2st("F1"), sptl.datasets.her2st("D1")
+    >>> model = sptl.models.RelationalTransfer(max_epochs=20).fit(
+    ...     source, label_key="label", target=target, exclude=["undetermined"], progress=False
+    ... )
+    >>> model.predict(target, progress=False).cat.categories.tolist()
+    ['connective tissue', 'immune infiltrate', 'invasive cancer']
+    """
+
+    _state_arrays = ("components_", "class_weights_", "feature_scale_")
+
+    def __init__(
+        self,
+        *,
+        encoder: str = "gat",
+        hidden: int = 64,
+        n_layers: int = 2,
+        heads: int = 4,
+        dropout: float = 0.3,
+        adaptation: str | Sequence[str] | None = None,
+        adaptation_weight: float = 0.5,
+        balance: bool = True,
+        unassigned_threshold: float | None = None,
+        n_genes: int = 3000,
+        n_comps: int = 30,
+        n_neighs: int = 6,
+        max_epochs: int = 150,
+        lr: float = 3e-3,
+        weight_decay: float = 5e-4,
+        tile_size: int = 50_000,
+        device: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        _validate.check_choice(encoder, "encoder", ENCODERS)
+        adapt = [] if adaptation is None else [adaptation] if isinstance(adaptation, str) else list(adaptation)
+        for a in adapt:
+            _validate.check_choice(a, "adaptation", ADAPTATIONS)
+        if encoder == "gat" and hidden % heads:
+            msg = f"`hidden={hidden}` must be divisible by `heads={heads}` for GAT."
+            raise ValueError(msg)
+        if unassigned_threshold is not None and not 0 < unassigned_threshold < 1:
+            msg = f"`unassigned_threshold` must lie in (0, 1), got {unassigned_threshold!r}."
+            raise ValueError(msg)
+        for name, value in (("max_epochs", max_epochs), ("n_layers", n_layers), ("tile_size", tile_size)):
+            if int(value) < 1:
+                msg = f"`{name}` must be a positive integer, got {value!r}."
+                raise ValueError(msg)
+        super().__init__(
+            encoder=encoder,
+            hidden=int(hidden),
+            n_layers=int(n_layers),
+            heads=int(heads),
+            dropout=float(dropout),
+            adaptation=adapt,
+            adaptation_weight=float(adaptation_weight),
+            balance=bool(balance),
+            unassigned_threshold=unassigned_threshold,
+            n_genes=int(n_genes),
+            n_comps=int(n_comps),
+            n_neighs=int(n_neighs),
+            max_epochs=int(max_epochs),
+            lr=float(lr),
+            weight_decay=float(weight_decay),
+            tile_size=int(tile_size),
+            device=device,
+            seed=int(seed),
+        )
+        self.net_: _Net | None = None
+
+    # -- training -----------------------------------------------------------------------------------
+    def fit(
+        self,
+        source: AnnData | Sequence[AnnData],
+        /,
+        *,
+        label_key: str,
+        target: AnnData | Sequence[AnnData] | None = None,
+        layer: str | None = None,
+        exclude: Sequence[str] = (),
+        batch_key: str | None = None,
+        spatial_key: str = _keys.SPATIAL,
+        graph_key: str | None = None,
+        min_shared_genes: int = 100,
+        progress: bool = True,
+    ) -> RelationalTransfer:
+        """Train on labelled source sections, adapting to target sections when given.
+
+        Parameters
+        ----------
+        source
+            Labelled section(s): an AnnData, a list of them, or one AnnData holding several sections
+            told apart by ``obs[batch_key]``. Raw counts.
+        label_key
+            Column of ``source.obs`` with the labels; missing values are ignored.
+        target
+            Unlabelled section(s) used for gene selection, the PCA and domain adaptation.
+        layer
+            Layer with raw counts; ``None`` uses ``.X``.
+        exclude
+            Labels not to learn (for example ``["undetermined"]``).
+        batch_key
+            Column of ``source.obs`` that splits one AnnData into sections (each gets its own graph and
+            standardisation).
+        spatial_key
+            Key of the coordinates in ``.obsm``.
+        graph_key
+            Use the graph in ``obsp[f"{graph_key}_connectivities"]`` of every section (as written by
+            :func:`sptl.pp.spatial_graph`); ``None`` builds it on the fly.
+        min_shared_genes
+            Fewest genes all sections must share.
+        progress
+            Show a progress bar over epochs.
+
+        Returns
+        -------
+        The fitted model.
+        """
+        sources = _validate.as_adata_list(source, "source")
+        if batch_key is not None:
+            sources = _split_batches(sources, batch_key)
+        targets = [] if target is None else _validate.as_adata_list(target, "target")
+        labels = _validate.check_labels(sources, label_key, "source", exclude=exclude)
+        names = [f"source[{i}]" for i in range(len(sources))] + [f"target[{i}]" for i in range(len(targets))]
+        sections = sources + targets
+        counts = [_validate.get_counts(a, layer, n) for a, n in zip(sections, names, strict=True)]
+        coords = [_validate.check_spatial(a, spatial_key, n) for a, n in zip(sections, names, strict=True)]
+        graphs = [self._graph(a, spatial_key, graph_key, n) for a, n in zip(sections, names, strict=True)]
+        genes = _validate.shared_genes(sections, names, min_shared_genes)
+        p = self.params
+
+        hvg, components, pcs = fit_pca_space(
+            sections,
+            counts,
+            genes=genes,
+            n_sources=len(sources),
+            n_genes=p["n_genes"],
+            n_comps=p["n_comps"],
+            seed=p["seed"],
+        )
+        scale = np.vstack(pcs).std(axis=0).clip(1e-6).astype(np.float32)
+        lab = pd.concat(labels)
+        classes = sorted(lab.dropna().unique())
+        n_src = sum(a.n_obs for a in sources)
+        codes = np.full(n_src + sum(a.n_obs for a in targets), -1, dtype=np.int64)  # -1 = unlabelled
+        codes[:n_src] = pd.Categorical(lab, categories=classes).codes
+        freq = np.bincount(codes[codes >= 0], minlength=len(classes)).astype(np.float32)
+        weights = (freq.sum() / (len(classes) * freq)) if p["balance"] else np.ones_like(freq)
+
+        self.var_names_ = hvg
+        self.classes_ = classes
+        self.components_ = components
+        self.feature_scale_ = scale
+        self.class_weights_ = weights.astype(np.float32)
+        history = self._train(
+            [x / scale for x in pcs], graphs, coords, codes, n_src=n_src, n_sources=len(sources), progress=progress
+        )
+        self.history_ = {"n_source_spots": int((codes >= 0).sum()), "n_shared_genes": len(genes), **history}
+        return self
+
+    def _graph(self, adata: AnnData, spatial_key: str, graph_key: str | None, name: str) -> sparse.csr_matrix:
+        coords = _validate.check_spatial(adata, spatial_key, name)
+        if graph_key is not None:
+            return check_graph(adata, graph_key, coords, name)
+        if adata.n_obs < 2:
+            return sparse.csr_matrix((adata.n_obs, adata.n_obs))
+        conn, _ = build_graph(coords, n_neighs=min(self.params["n_neighs"], adata.n_obs - 1))
+        return conn
+
+    def _train(
+        self,
+        feats: list[np.ndarray],
+        graphs: list[sparse.csr_matrix],
+        coords: list[np.ndarray],
+        codes: np.ndarray,
+        *,
+        n_src: int,
+        n_sources: int,
+        progress: bool,
+    ) -> dict[str, list[float]]:
+        p = self.params
+        device = resolve_device(p["device"])
+        torch.manual_seed(p["seed"])
+        rng = np.random.default_rng(p["seed"])
+        x, edge_index, offsets = _union(feats, graphs)
+        domain = np.zeros(len(x), dtype=np.float32)
+        domain[n_src:] = 1.0
+        tiles_per_section = [
+            [t + off for t in _tiles(c, p["tile_size"])] for c, off in zip(coords, offsets[:-1], strict=True)
+        ]
+        src_tiles = [t for tiles in tiles_per_section[:n_sources] for t in tiles]
+        tgt_tiles = [t for tiles in tiles_per_section[n_sources:] for t in tiles]
+        net = _Net(
+            x.shape[1],
+            len(self.classes_),
+            encoder=p["encoder"],
+            hidden=p["hidden"],
+            n_layers=p["n_layers"],
+            heads=p["heads"],
+            dropout=p["dropout"],
+        ).to(device)
+        opt = torch.optim.AdamW(net.parameters(), lr=p["lr"], weight_decay=p["weight_decay"])
+        xt = torch.as_tensor(x)
+        yt = torch.as_tensor(codes)
+        dt = torch.as_tensor(domain)
+        cw = torch.as_tensor(self.class_weights_, device=device)
+        adapt = set(p["adaptation"]) if tgt_tiles else set()
+        history: dict[str, list[float]] = {"loss": [], "classification": [], "adaptation": []}
+        epochs = progress_bar(range(p["max_epochs"]), enabled=progress, desc="gnn transfer: train")
+        for epoch in epochs:
+            net.train()
+            totals = np.zeros(3)
+            for i in rng.permutation(len(src_tiles)):
+                core = src_tiles[i]
+                if tgt_tiles:
+                    core = np.concatenate([core, tgt_tiles[rng.integers(len(tgt_tiles))]])
+                nodes, sub_ei, core_mask = _with_halo(core, edge_index, p["n_layers"], len(x))
+                xb, eb = xt[nodes].to(device), sub_ei.to(device)
+                yb, db = yt[nodes].to(device), dt[nodes].to(device)
+                cm = torch.as_tensor(core_mask, device=device)
+                logits, h = net(xb, eb)
+                lab = cm & (yb >= 0)
+                cls_loss = F.cross_entropy(logits[lab], yb[lab], weight=cw)
+                ad_loss = torch.zeros((), device=device)
+                src_m, tgt_m = cm & (db == 0), cm & (db == 1)
+                if adapt and tgt_m.any():
+                    progress_frac = epoch / max(p["max_epochs"] - 1, 1)
+                    if "mmd" in adapt:
+                        ad_loss = ad_loss + _mmd(h[src_m], h[tgt_m], rng)
+                    if "dann" in adapt:
+                        coeff = 2.0 / (1.0 + np.exp(-10 * progress_frac)) - 1.0
+                        dom = net.domain(_GradReverse.apply(h[cm], coeff)).squeeze(-1)
+                        ad_loss = ad_loss + F.binary_cross_entropy_with_logits(dom, db[cm])
+                    if "self_training" in adapt and progress_frac >= 0.3:
+                        prob = logits[tgt_m].softmax(-1).detach()
+                        conf, pseudo = prob.max(-1)
+                        keep = conf > 0.9
+                        if keep.any():
+                            ad_loss = ad_loss + F.cross_entropy(logits[tgt_m][keep], pseudo[keep], weight=cw)
+                loss = cls_loss + p["adaptation_weight"] * ad_loss
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                totals += [float(loss), float(cls_loss), float(ad_loss)]
+            n = max(len(src_tiles), 1)
+            for key, value in zip(("loss", "classification", "adaptation"), totals / n, strict=True):
+                history[key].append(round(float(value), 5))
+        self.net_ = net.cpu().eval()
+        return history
+
+    # -- inference ----------------------------------------------------------------------------------
+    def _forward(
+        self,
+        adata: AnnData,
+        *,
+        layer: str | None,
+        spatial_key: str,
+        graph_key: str | None,
+        max_missing_genes: float,
+        progress: bool,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities and embeddings of every observation of one section."""
+        _validate.check_adata(adata, "adata")
+        X = self._model_counts(adata, layer, max_missing_genes)
+        graph = self._graph(adata, spatial_key, graph_key, "adata")
+        x = (standardized(X) @ self.components_.T) / self.feature_scale_
+        x, edge_index, _ = _union([x.astype(np.float32)], [graph])
+        device = resolve_device(self.params["device"])
+        net = self.net_.to(device).eval()
+        probs = np.empty((len(x), len(self.classes_)), dtype=np.float32)
+        emb = np.empty((len(x), self.params["hidden"]), dtype=np.float32)
+        tiles = _tiles(_validate.check_spatial(adata, spatial_key, "adata"), self.params["tile_size"])
+        xt = torch.as_tensor(x)
+        with torch.no_grad():
+            for core in progress_bar(tiles, enabled=progress and len(tiles) > 1, desc="gnn transfer: predict"):
+                nodes, sub_ei, core_mask = _with_halo(core, edge_index, self.params["n_layers"], len(x))
+                logits, h = net(xt[nodes].to(device), sub_ei.to(device))
+                keep = torch.as_tensor(core_mask, device=device)
+                probs[nodes[core_mask]] = logits[keep].softmax(-1).cpu().numpy()
+                emb[nodes[core_mask]] = h[keep].cpu().numpy()
+        self.net_.cpu()
+        return probs, emb
+
+    def predict_proba(
+        self,
+        adata: AnnData,
+        /,
+        *,
+        layer: str | None = None,
+        spatial_key: str = _keys.SPATIAL,
+        graph_key: str | None = None,
+        max_missing_genes: float = 0.1,
+        progress: bool = True,
+    ) -> pd.DataFrame:
+        """Class probabilities of every observation of one section (rows ``obs_names``, columns classes)."""
+        self._check_fitted()
+        probs, _ = self._forward(
+            adata,
+            layer=layer,
+            spatial_key=spatial_key,
+            graph_key=graph_key,
+            max_missing_genes=max_missing_genes,
+            progress=progress,
+        )
+        return pd.DataFrame(probs, index=adata.obs_names.copy(), columns=pd.Index(self.classes_))
+
+    def transform(
+        self,
+        adata: AnnData,
+        /,
+        *,
+        layer: str | None = None,
+        spatial_key: str = _keys.SPATIAL,
+        graph_key: str | None = None,
+        max_missing_genes: float = 0.1,
+    ) -> np.ndarray:
+        """The learned node embedding of every observation of one section."""
+        self._check_fitted()
+        _, emb = self._forward(
+            adata,
+            layer=layer,
+            spatial_key=spatial_key,
+            graph_key=graph_key,
+            max_missing_genes=max_missing_genes,
+            progress=False,
+        )
+        return emb
+
+    def predict(
+        self,
+        adata: AnnData,
+        /,
+        *,
+        layer: str | None = None,
+        spatial_key: str = _keys.SPATIAL,
+        graph_key: str | None = None,
+        max_missing_genes: float = 0.1,
+        progress: bool = True,
+    ) -> pd.Series:
+        """Most probable class of every observation (``"unassigned"`` below ``unassigned_threshold``)."""
+        proba = self.predict_proba(
+            adata,
+            layer=layer,
+            spatial_key=spatial_key,
+            graph_key=graph_key,
+            max_missing_genes=max_missing_genes,
+            progress=progress,
+        )
+        return labels_from_proba(proba, self.params["unassigned_threshold"])
+
+    # -- persistence --------------------------------------------------------------------------------
+    def _arrays(self) -> dict[str, np.ndarray]:
+        arrays = super()._arrays()
+        for k, v in self.net_.state_dict().items():
+            arrays[f"net.{k}"] = v.detach().cpu().numpy()
+        arrays["net_in_dim"] = np.asarray(self.components_.shape[0])
+        return arrays
+
+    def _restore(self, arrays: dict[str, np.ndarray]) -> None:
+        super()._restore(arrays)
+        p = self.params
+        net = _Net(
+            int(arrays["net_in_dim"]),
+            len(self.classes_),
+            encoder=p["encoder"],
+            hidden=p["hidden"],
+            n_layers=p["n_layers"],
+            heads=p["heads"],
+            dropout=p["dropout"],
+        )
+        state = {k[4:]: torch.as_tensor(v) for k, v in arrays.items() if k.startswith("net.")}
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as e:
+            msg = f"The checkpoint's network weights do not fit a {type(self).__name__} with these parameters: {e}"
+            raise ValueError(msg) from e
+        self.net_ = net.eval()
+
+
+def _split_batches(adatas: list[AnnData], batch_key: str) -> list[AnnData]:
+    out = []
+    for i, a in enumerate(adatas):
+        if batch_key not in a.obs:
+            msg = f"`source{'' if len(adatas) == 1 else f'[{i}]'}.obs[{batch_key!r}]` not found: pass `batch_key=`."
+            raise KeyError(msg)
+        for b in pd.unique(a.obs[batch_key].dropna()):
+            out.append(a[(a.obs[batch_key] == b).to_numpy()])
+    return out
+
+
+def _union(feats: list[np.ndarray], graphs: list[sparse.csr_matrix]) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
+    """Stack sections into one block-diagonal graph: features, symmetric edge_index, row offsets."""
+    offsets = np.concatenate([[0], np.cumsum([len(f) for f in feats])])
+    adj = sparse.block_diag(graphs, format="coo") if graphs else sparse.coo_matrix((0, 0))
+    adj = (adj + adj.T).tocoo()
+    edge_index = torch.as_tensor(np.vstack([adj.row, adj.col]).astype(np.int64))
+    return np.vstack(feats).astype(np.float32), edge_index, offsets
+
+
+def _tiles(coords: np.ndarray, tile_size: int) -> list[np.ndarray]:
+    """Cut one section into spatial tiles of at most ``tile_size`` nodes (strips in x, then in y)."""
+    n = len(coords)
+    if n <= tile_size:
+        return [np.arange(n)]
+    n_strips = int(np.ceil(np.sqrt(n / tile_size)))
+    tiles = []
+    for strip in np.array_split(np.argsort(coords[:, 0], kind="stable"), n_strips):
+        by_y = strip[np.argsort(coords[strip, 1], kind="stable")]
+        tiles.extend(np.array_split(by_y, int(np.ceil(len(strip) / tile_size))))
+    return [np.sort(t) for t in tiles]
+
+
+def _with_halo(
+    core: np.ndarray, edge_index: torch.Tensor, hops: int, n_nodes: int
+) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
+    """Nodes of ``core`` plus their ``hops``-hop neighbourhood, the induced edges and a core mask."""
+    from torch_geometric.utils import k_hop_subgraph
+
+    core_t = torch.as_tensor(core, dtype=torch.long)
+    if len(core) == n_nodes:
+        return core, edge_index, np.ones(n_nodes, dtype=bool)
+    nodes, sub_ei, _, _ = k_hop_subgraph(core_t, hops, edge_index, relabel_nodes=True, num_nodes=n_nodes)
+    nodes_np = nodes.numpy()
+    mask = np.isin(nodes_np, core)
+    return nodes_np, sub_ei, mask
+
+
+def _mmd(a: torch.Tensor, b: torch.Tensor, rng: np.random.Generator, max_n: int = 512) -> torch.Tensor:
+    """Squared MMD with a mixture of Gaussian kernels (bandwidths around the median distance)."""
+    if len(a) > max_n:
+        a = a[torch.as_tensor(rng.choice(len(a), max_n, replace=False), device=a.device)]
+    if len(b) > max_n:
+        b = b[torch.as_tensor(rng.choice(len(b), max_n, replace=False), device=b.device)]
+    z = torch.cat([a, b])
+    d = torch.cdist(z, z).pow(2)
+    bw = d.detach().median().clamp_min(1e-6)
+    k = sum(torch.exp(-d / (bw * s)) for s in (0.25, 0.5, 1.0, 2.0, 4.0))
+    n = len(a)
+    return k[:n, :n].mean() + k[n:, n:].mean() - 2 * k[:n, n:].mean()

@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+import sptl
+from sptl.metrics import label_scores
+from sptl.models import RelationalTransfer
+
+EXCL = ["undetermined"]
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    source, target = sptl.datasets.her2st("F1"), sptl.datasets.her2st("D1")
+    return RelationalTransfer(max_epochs=60).fit(source, label_key="label", target=target, exclude=EXCL, progress=False)
+
+
+def test_real_pair_floor(fitted, her2st):
+    target = her2st("D1")
+    pred = fitted.predict(target, progress=False)
+    scores = label_scores(target.obs["label"], pred, labels=fitted.classes_)
+    # measured F1 -> D1 with 60 epochs: see FLOOR_NOTE in the issue note
+    assert scores["accuracy"] >= 0.60
+    assert pred.index.equals(target.obs_names)
+    assert len(fitted.history_["loss"]) == 60
+    assert fitted.history_["loss"][-1] < fitted.history_["loss"][0]
+
+
+def test_save_load_identical(fitted, her2st, tmp_path):
+    path = tmp_path / "gnn.npz"
+    fitted.save(path)
+    loaded = RelationalTransfer.load(path)
+    assert loaded.params == fitted.params and loaded.classes_ == fitted.classes_
+    for section in ("D1", "C1"):
+        pd.testing.assert_frame_equal(
+            fitted.predict_proba(her2st(section), progress=False), loaded.predict_proba(her2st(section), progress=False)
+        )
+    np.testing.assert_array_equal(fitted.transform(her2st("D1")), loaded.transform(her2st("D1")))
+
+
+def test_load_refuses_mismatch(fitted, tmp_path):
+    path = tmp_path / "gnn.npz"
+    fitted.save(path)
+    with pytest.raises(ValueError, match="holds a 'RelationalTransfer' model"):
+        sptl.models.KNNTransfer.load(path)
+    with np.load(path) as f:
+        arrays = dict(f)
+    arrays["net.head.weight"] = arrays["net.head.weight"][:, :5]
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **arrays)
+    with pytest.raises(ValueError, match="network weights do not fit"):
+        RelationalTransfer.load(bad)
+
+
+def test_refuses_other_genes(fitted, her2st):
+    target = her2st("D1")
+    target.var_names = [f"g{i}" for i in range(target.n_vars)]
+    with pytest.raises(ValueError, match="genes this model was trained on"):
+        fitted.predict(target)
+
+
+def test_open_set_and_tiles(fitted, her2st):
+    target = her2st("D1")
+    fitted.params["unassigned_threshold"] = 0.9
+    try:
+        pred = fitted.predict(target, progress=False)
+    finally:
+        fitted.params["unassigned_threshold"] = None
+    assert pred.cat.categories[-1] == "unassigned"
+    assert 0 < (pred == "unassigned").sum() < target.n_obs
+    # tiled inference (tiles of 60 spots with a 2-hop halo) gives the same probabilities as the full graph
+    full = fitted.predict_proba(target, progress=False)
+    fitted.params["tile_size"] = 60
+    try:
+        tiled = fitted.predict_proba(target, progress=False)
+    finally:
+        fitted.params["tile_size"] = 50_000
+    np.testing.assert_allclose(tiled.to_numpy(), full.to_numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("adaptation", ["mmd", "dann", "self_training", ["dann", "self_training"]])
+def test_adaptation_runs(adaptation, her2st):
+    model = RelationalTransfer(max_epochs=15, adaptation=adaptation, encoder="sage")
+    model.fit(her2st("C1"), label_key="label", target=her2st("B1"), exclude=EXCL, progress=False)
+    assert len(model.history_["adaptation"]) == 15
+    if adaptation != "self_training":
+        assert max(model.history_["adaptation"]) > 0
+
+
+def test_batch_key_and_prebuilt_graphs(her2st):
+    both = ad.concat([her2st("C1"), her2st("F1")], join="inner")
+    for section in (both,):
+        assert section.obs_names.is_unique
+    target = her2st("D1")
+    sptl.pp.spatial_graph(target)
+    model = RelationalTransfer(max_epochs=10, encoder="gcn")
+    model.fit(both, label_key="label", batch_key="section", exclude=EXCL, progress=False)
+    assert model.history_["n_source_spots"] == int(
+        both.obs["label"].notna().sum() - (both.obs["label"] == "undetermined").sum()
+    )
+    pred = model.predict(target, graph_key="spatial", progress=False)
+    assert len(pred) == target.n_obs
+
+
+def test_graph_errors(fitted, her2st):
+    target = her2st("D1")
+    with pytest.raises(KeyError, match=r"sptl\.pp\.spatial_graph"):
+        fitted.predict(target, graph_key="spatial")
+    other = her2st("C1")
+    sptl.pp.spatial_graph(target)
+    # a graph built on shuffled coordinates connects far-apart spots
+    shuffled = target.copy()
+    shuffled.obsm["spatial"] = target.obsm["spatial"][np.random.default_rng(0).permutation(target.n_obs)]
+    with pytest.raises(ValueError, match="built on other coordinates"):
+        fitted.predict(shuffled, graph_key="spatial")
+    with pytest.raises(KeyError, match=r"obsm\['spatial'\]"):
+        del other.obsm["spatial"]
+        fitted.predict(other)
+
+
+def test_bad_parameters():
+    with pytest.raises(ValueError, match="encoder='transformer'"):
+        RelationalTransfer(encoder="transformer")
+    with pytest.raises(ValueError, match="adaptation='coral'"):
+        RelationalTransfer(adaptation="coral")
+    with pytest.raises(ValueError, match="divisible"):
+        RelationalTransfer(hidden=30, heads=4)
+    with pytest.raises(ValueError, match="unassigned_threshold"):
+        RelationalTransfer(unassigned_threshold=1.5)
