@@ -40,3 +40,16 @@ def test_errors(annotated, her2st):
         sptl.pl.transfer(annotated, truth_key="truth", show=False)
     with pytest.raises(KeyError, match="obsm\\['xy'\\]"):
         sptl.pl.transfer(annotated, spatial_key="xy", show=False)
+
+
+def test_training_curves(her2st, tmp_path):
+    target = her2st("D1")
+    sptl.tl.transfer_labels(
+        her2st("F1"), target, label_key="label", method="gnn", model_kwargs={"max_epochs": 12}, progress=False
+    )
+    ax = sptl.pl.training_curves(target, save=tmp_path / "curves.png", show=False)
+    assert ax.lines[0].get_xdata().tolist() == list(range(1, 13))
+    assert (tmp_path / "curves.png").stat().st_size > 5_000
+    with pytest.raises(KeyError, match="history"):
+        sptl.pl.training_curves(her2st("D1"), show=False)
+    plt.close("all")

@@ -313,8 +313,10 @@ class RelationalTransfer(TransferModel):
         tiles_per_section = [
             [t + off for t in _tiles(c, p["tile_size"])] for c, off in zip(coords, offsets[:-1], strict=True)
         ]
-        src_tiles = [t for tiles in tiles_per_section[:n_sources] for t in tiles]
-        tgt_tiles = [t for tiles in tiles_per_section[n_sources:] for t in tiles]
+        # every tile's subgraph (core + halo) is cut once and reused in every epoch
+        hops = p["n_layers"]
+        src_tiles = [_with_halo(t, edge_index, hops, len(x)) for tiles in tiles_per_section[:n_sources] for t in tiles]
+        tgt_tiles = [_with_halo(t, edge_index, hops, len(x)) for tiles in tiles_per_section[n_sources:] for t in tiles]
         net = _Net(
             x.shape[1],
             len(self.classes_),
@@ -336,10 +338,10 @@ class RelationalTransfer(TransferModel):
             net.train()
             totals = np.zeros(3)
             for i in rng.permutation(len(src_tiles)):
-                core = src_tiles[i]
+                parts = [src_tiles[i]]
                 if tgt_tiles:
-                    core = np.concatenate([core, tgt_tiles[rng.integers(len(tgt_tiles))]])
-                nodes, sub_ei, core_mask = _with_halo(core, edge_index, p["n_layers"], len(x))
+                    parts.append(tgt_tiles[rng.integers(len(tgt_tiles))])
+                nodes, sub_ei, core_mask = _merge(parts)
                 xb, eb = xt[nodes].to(device), sub_ei.to(device)
                 yb, db = yt[nodes].to(device), dt[nodes].to(device)
                 cm = torch.as_tensor(core_mask, device=device)
@@ -548,6 +550,19 @@ def _with_halo(
     nodes_np = nodes.numpy()
     mask = np.isin(nodes_np, core)
     return nodes_np, sub_ei, mask
+
+
+def _merge(
+    parts: list[tuple[np.ndarray, torch.Tensor, np.ndarray]],
+) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
+    """Put tile subgraphs side by side in one batch (edge indices shifted, halos kept apart)."""
+    if len(parts) == 1:
+        return parts[0]
+    offsets = np.cumsum([0] + [len(n) for n, _, _ in parts[:-1]])
+    nodes = np.concatenate([n for n, _, _ in parts])
+    edges = torch.cat([e + int(o) for (_, e, _), o in zip(parts, offsets, strict=True)], dim=1)
+    mask = np.concatenate([m for _, _, m in parts])
+    return nodes, edges, mask
 
 
 def _mmd(a: torch.Tensor, b: torch.Tensor, rng: np.random.Generator, max_n: int = 512) -> torch.Tensor:

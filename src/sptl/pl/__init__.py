@@ -1,5 +1,6 @@
 """Plots."""
 
+from ._training import training_curves
 from ._transfer import transfer
 
-__all__ = ["transfer"]
+__all__ = ["training_curves", "transfer"]

@@ -1,0 +1,153 @@
+"""Transfer spot labels from one section to another with Tangram (run with the tangram venv's python).
+
+    .venv-tangram/bin/python benchmarks/peers/tangram_transfer.py SOURCE.h5ad TARGET.h5ad OUT.csv \
+        --label-key label --exclude undetermined --device cpu
+
+Standard Tangram protocol (as in its tutorials), with the source spots playing the single cells:
+
+1. drop source spots without a label or with an excluded one; ``normalize_total`` + ``log1p`` both sections;
+2. training genes: the top ``--n-markers`` genes of each source class (``rank_genes_groups``, Wilcoxon),
+   kept where both sections express them (``tg.pp_adatas``, which lower-cases names and drops all-zero genes);
+3. ``tg.map_cells_to_space(mode="cells", density_prior="rna_count_based")`` for ``--epochs`` epochs;
+4. ``tg.project_cell_annotations``: per target spot, the mapped mass of each source class; argmax = label.
+
+OUT.csv has one row per target spot: ``obs_name``, ``predicted`` and ``seconds`` (wall time of steps 1-4,
+the same on every row). Inputs need raw counts in ``.X``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scanpy as sc
+import scipy.sparse as sp
+
+# This folder also holds the wrapper module ``tangram.py``; as the script's folder it comes first on
+# sys.path and would shadow the tangram package, so take it off.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line arguments."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    p.add_argument("source", help="h5ad with raw counts and the labels in obs[--label-key]")
+    p.add_argument("target", help="h5ad with raw counts; its spots get a predicted label")
+    p.add_argument("out", help="csv to write (obs_name, predicted, seconds)")
+    p.add_argument("--label-key", default="label")
+    p.add_argument("--exclude", nargs="*", default=["undetermined"], help="source labels not transferred")
+    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=500,
+        help="Tangram's default is 1000; on HER2ST the loss is flat after ~300 (1-8 s a pair on one thread)",
+    )
+    p.add_argument("--n-markers", type=int, default=100, help="top marker genes per source class")
+    p.add_argument("--learning-rate", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads; one is fastest for these small matrices")
+    return p.parse_args(argv)
+
+
+def _prepare(adata: ad.AnnData) -> ad.AnnData:
+    """Sparse float copy, unique names, total-count normalised and log1p."""
+    adata = ad.AnnData(X=sp.csr_matrix(adata.X, dtype=np.float32), obs=adata.obs.copy(), var=adata.var[[]].copy())
+    adata.var_names_make_unique()
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+    # Tangram 1.0.4 only accepts scipy csr/csc *matrices* (its dense branch calls ndarray.toarray()).
+    adata.X = sp.csr_matrix(adata.X)
+    return adata
+
+
+def marker_genes(source: ad.AnnData, label_key: str, n_markers: int) -> list[str]:
+    """Union of the top ``n_markers`` Wilcoxon marker genes of each source class."""
+    sc.tl.rank_genes_groups(source, groupby=label_key, method="wilcoxon", n_genes=n_markers, use_raw=False)
+    names = pd.DataFrame(source.uns["rank_genes_groups"]["names"])
+    return sorted(set(names.to_numpy().ravel().astype(str)))
+
+
+def transfer(
+    source: ad.AnnData,
+    target: ad.AnnData,
+    *,
+    label_key: str = "label",
+    exclude: tuple[str, ...] = ("undetermined",),
+    device: str = "cpu",
+    epochs: int = 500,
+    n_markers: int = 100,
+    learning_rate: float = 0.1,
+    seed: int = 0,
+) -> pd.Series:
+    """Tangram label transfer; returns the predicted label of every target spot (indexed by obs_names)."""
+    import tangram as tg  # imported here so that ``--help`` works without it
+
+    logging.getLogger().setLevel(logging.WARNING)  # tangram sets the root logger to INFO on import
+    labels = source.obs[label_key].astype("string")
+    keep = (labels.notna() & ~labels.isin(list(exclude))).to_numpy()
+    if not keep.any():
+        msg = f"no source spot has a label in obs[{label_key!r}] outside {list(exclude)}"
+        raise ValueError(msg)
+    src = _prepare(source[keep])
+    src.obs[label_key] = pd.Categorical(labels[keep].astype(str))
+    tgt = _prepare(target)
+
+    # Wilcoxon needs two spots per class; with fewer than two such classes, train on all shared genes.
+    counts = src.obs[label_key].value_counts()
+    rankable = src[src.obs[label_key].isin(counts.index[counts >= 2])].copy()
+    genes = marker_genes(rankable, label_key, n_markers) if rankable.obs[label_key].nunique() > 1 else None
+    tg.pp_adatas(src, tgt, genes=genes)
+    if not src.uns["training_genes"]:
+        msg = "source and target share no training gene"
+        raise ValueError(msg)
+
+    np.random.seed(seed)  # the initial mapping is drawn with np.random (tangram ignores random_state=0)
+    mapping = tg.map_cells_to_space(
+        src,
+        tgt,
+        mode="cells",
+        density_prior="rna_count_based",
+        num_epochs=epochs,
+        learning_rate=learning_rate,
+        device=device,
+        verbose=False,
+    )
+    tg.project_cell_annotations(mapping, tgt, annotation=label_key)
+    scores = tgt.obsm["tangram_ct_pred"]
+    return pd.Series(scores.idxmax(axis=1).to_numpy(), index=target.obs_names, name="predicted")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Read the two sections, transfer the labels, write the csv."""
+    args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    source, target = ad.read_h5ad(args.source), ad.read_h5ad(args.target)
+    start = time.perf_counter()
+    pred = transfer(
+        source,
+        target,
+        label_key=args.label_key,
+        exclude=tuple(args.exclude),
+        device=args.device,
+        epochs=args.epochs,
+        n_markers=args.n_markers,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+    )
+    seconds = time.perf_counter() - start
+    out = pd.DataFrame({"obs_name": pred.index, "predicted": pred.to_numpy(), "seconds": seconds})
+    out.to_csv(args.out, index=False)
+
+
+if __name__ == "__main__":
+    main()
