@@ -6,6 +6,9 @@ computed on the target spots whose pathologist label the source has, ``undetermi
 Methods
 - ``sptl knn``: :func:`sptl.tl.transfer_labels` (default, spatial smoothing 0.5)
 - ``sptl knn (no smoothing)``: same with ``smooth=0``
+- ``sptl gnn``: ``method="gnn"`` (GAT over the spatial graph), without and with domain adaptation
+- ``tangram``: Tangram (``tangram-sc``) run in its own venv (``benchmarks/peers/setup_tangram.sh``),
+  source spots mapped onto target spots and labels projected
 - ``logreg``: scikit-learn logistic regression (class-balanced) on the same features sptl uses
   (source HVGs, per-section z-scores, joint PCA)
 - ``scanpy ingest``: :func:`scanpy.tl.ingest` on log-normalised shared genes (PCA + kNN of scanpy);
@@ -17,7 +20,9 @@ Run: ``python benchmarks/label_transfer.py``
 from __future__ import annotations
 
 import itertools
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -26,12 +31,14 @@ from sklearn.linear_model import LogisticRegression
 
 import sptl
 from sptl.datasets import HER2ST_LABELLED
+
+sys.path.insert(0, str(Path(__file__).parent))
 from sptl.metrics import label_scores
 
 EXCL = ["undetermined"]
 
 
-def sptl_knn(src, tgt, **kw):
+def sptl_transfer(src, tgt, **kw):
     tgt = tgt.copy()
     sptl.tl.transfer_labels(src, tgt, label_key="label", exclude=EXCL, progress=False, **kw)
     return tgt.obs["sptl_label"].astype(str).to_numpy()
@@ -81,9 +88,19 @@ def _patch_pynndescent(pynndescent) -> None:
     cls._sptl_patched = True
 
 
+def tangram(src, tgt):
+    from peers.tangram import tangram_labels
+
+    return tangram_labels(src, tgt, label_key="label", exclude=tuple(EXCL))
+
+
 METHODS = {
-    "sptl knn": sptl_knn,
-    "sptl knn (no smoothing)": lambda s, t: sptl_knn(s, t, smooth=0.0),
+    "sptl knn": sptl_transfer,
+    "sptl knn (no smoothing)": lambda s, t: sptl_transfer(s, t, smooth=0.0),
+    "sptl gnn": lambda s, t: sptl_transfer(s, t, method="gnn"),
+    "sptl gnn + dann": lambda s, t: sptl_transfer(s, t, method="gnn", adaptation="dann"),
+    "sptl gnn + self-training": lambda s, t: sptl_transfer(s, t, method="gnn", adaptation="self_training"),
+    "tangram (own venv)": tangram,
     "logreg (sptl features)": logreg,
     "scanpy ingest": ingest,
 }

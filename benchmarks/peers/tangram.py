@@ -48,6 +48,9 @@ def tangram_labels(
     go to ``tangram_transfer.py`` (for example ``["--epochs", "500"]``). Returns the predicted label
     of each target spot, in ``target.obs_names`` order.
     """
+    if label_key not in source.obs:
+        msg = f"source.obs has no column {label_key!r}"
+        raise KeyError(msg)
     python = tangram_python()
     if not python.exists():
         msg = f"Tangram venv not found ({python}); build it with `bash {SETUP.relative_to(ROOT)}`."

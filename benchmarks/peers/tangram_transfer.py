@@ -12,7 +12,8 @@ Standard Tangram protocol (as in its tutorials), with the source spots playing t
 4. ``tg.project_cell_annotations``: per target spot, the mapped mass of each source class; argmax = label.
 
 OUT.csv has one row per target spot: ``obs_name``, ``predicted`` and ``seconds`` (wall time of steps 1-4,
-the same on every row). Inputs need raw counts in ``.X``.
+the same on every row). Inputs need raw counts in ``.X``. torch runs on one thread (``--threads``): for
+these small matrices two threads were 8-10x slower per epoch on the 2-core project machine.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 import pandas as pd
 import scanpy as sc
 import scipy.sparse as sp
+import torch
 
 # This folder also holds the wrapper module ``tangram.py``; as the script's folder it comes first on
 # sys.path and would shadow the tangram package, so take it off.
@@ -48,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--epochs",
         type=int,
         default=500,
-        help="Tangram's default is 1000; on HER2ST the loss is flat after ~300 (1-8 s a pair on one thread)",
+        help="Tangram's default is 1000; on HER2ST the loss is flat after ~300 and 1000 scores the same",
     )
     p.add_argument("--n-markers", type=int, default=100, help="top marker genes per source class")
     p.add_argument("--learning-rate", type=float, default=0.1)
@@ -88,7 +90,7 @@ def transfer(
     seed: int = 0,
 ) -> pd.Series:
     """Tangram label transfer; returns the predicted label of every target spot (indexed by obs_names)."""
-    import tangram as tg  # imported here so that ``--help`` works without it
+    import tangram as tg  # the package: this folder's tangram.py is off sys.path (see the top)
 
     logging.getLogger().setLevel(logging.WARNING)  # tangram sets the root logger to INFO on import
     labels = source.obs[label_key].astype("string")
@@ -128,8 +130,6 @@ def transfer(
 def main(argv: list[str] | None = None) -> None:
     """Read the two sections, transfer the labels, write the csv."""
     args = parse_args(argv)
-    import torch
-
     torch.set_num_threads(args.threads)
     source, target = ad.read_h5ad(args.source), ad.read_h5ad(args.target)
     start = time.perf_counter()
