@@ -39,7 +39,16 @@ class _Net(nn.Module):
     """Graph encoder (GAT / GraphSAGE / GCN from PyG) with a label head and a domain head."""
 
     def __init__(
-        self, in_dim: int, n_classes: int, *, encoder: str, hidden: int, n_layers: int, heads: int, dropout: float
+        self,
+        in_dim: int,
+        n_classes: int,
+        *,
+        encoder: str,
+        hidden: int,
+        n_layers: int,
+        heads: int,
+        dropout: float,
+        cosine: bool = False,
     ) -> None:
         super().__init__()
         from torch_geometric.nn import GATConv, GCNConv, SAGEConv
@@ -57,7 +66,8 @@ class _Net(nn.Module):
             self.convs.append(conv)
             self.norms.append(nn.LayerNorm(hidden))
         self.dropout = dropout
-        self.head = nn.Linear(hidden, n_classes)
+        self.head = nn.Linear(hidden, n_classes, bias=not cosine)
+        self.cosine = cosine
         self.domain = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
     def embed(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
@@ -68,6 +78,9 @@ class _Net(nn.Module):
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.embed(x, edge_index)
+        if self.cosine:  # prototype head: cosine similarity to class weights, temperature 0.1
+            logits = F.normalize(h, dim=-1) @ F.normalize(self.head.weight, dim=-1).T / 0.1
+            return logits, h
         return self.head(h), h
 
 
@@ -147,6 +160,8 @@ class RelationalTransfer(TransferModel):
         adaptation_weight: float = 0.5,
         balance: bool = True,
         unassigned_threshold: float | None = None,
+        head: str = "linear",
+        normalize: bool = False,
         n_genes: int = 3000,
         n_comps: int = 30,
         n_neighs: int = 6,
@@ -158,6 +173,7 @@ class RelationalTransfer(TransferModel):
         seed: int = 0,
     ) -> None:
         _validate.check_choice(encoder, "encoder", ENCODERS)
+        _validate.check_choice(head, "head", ("linear", "cosine"))
         adapt = [] if adaptation is None else [adaptation] if isinstance(adaptation, str) else list(adaptation)
         for a in adapt:
             _validate.check_choice(a, "adaptation", ADAPTATIONS)
@@ -181,6 +197,8 @@ class RelationalTransfer(TransferModel):
             adaptation_weight=float(adaptation_weight),
             balance=bool(balance),
             unassigned_threshold=unassigned_threshold,
+            head=head,
+            normalize=bool(normalize),
             n_genes=int(n_genes),
             n_comps=int(n_comps),
             n_neighs=int(n_neighs),
@@ -278,10 +296,16 @@ class RelationalTransfer(TransferModel):
         self.feature_scale_ = scale
         self.class_weights_ = weights.astype(np.float32)
         history = self._train(
-            [x / scale for x in pcs], graphs, coords, codes, n_src=n_src, n_sources=len(sources), progress=progress
+            [self._scale(x) for x in pcs], graphs, coords, codes, n_src=n_src, n_sources=len(sources), progress=progress
         )
         self.history_ = {"n_source_spots": int((codes >= 0).sum()), "n_shared_genes": len(genes), **history}
         return self
+
+    def _scale(self, pcs: np.ndarray) -> np.ndarray:
+        """Node features from principal components: unit variance, or unit length with ``normalize``."""
+        if self.params["normalize"]:
+            return (pcs / np.maximum(np.linalg.norm(pcs, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+        return (pcs / self.feature_scale_).astype(np.float32)
 
     def _graph(self, adata: AnnData, spatial_key: str, graph_key: str | None, name: str) -> sparse.csr_matrix:
         coords = _validate.check_spatial(adata, spatial_key, name)
@@ -325,6 +349,7 @@ class RelationalTransfer(TransferModel):
             n_layers=p["n_layers"],
             heads=p["heads"],
             dropout=p["dropout"],
+            cosine=p["head"] == "cosine",
         ).to(device)
         opt = torch.optim.AdamW(net.parameters(), lr=p["lr"], weight_decay=p["weight_decay"])
         xt = torch.as_tensor(x)
@@ -390,7 +415,7 @@ class RelationalTransfer(TransferModel):
         _validate.check_adata(adata, "adata")
         X = self._model_counts(adata, layer, max_missing_genes)
         graph = self._graph(adata, spatial_key, graph_key, "adata")
-        x = (standardized(X) @ self.components_.T) / self.feature_scale_
+        x = self._scale(standardized(X) @ self.components_.T)
         x, edge_index, _ = _union([x.astype(np.float32)], [graph])
         device = resolve_device(self.params["device"])
         net = self.net_.to(device).eval()
@@ -494,6 +519,7 @@ class RelationalTransfer(TransferModel):
             n_layers=p["n_layers"],
             heads=p["heads"],
             dropout=p["dropout"],
+            cosine=p["head"] == "cosine",
         )
         state = {k[4:]: torch.as_tensor(v) for k, v in arrays.items() if k.startswith("net.")}
         try:
