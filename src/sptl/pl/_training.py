@@ -40,7 +40,7 @@ def training_curves(
     >>> import sptl
     >>> source, target = sptl.datasets.her2st("F1"), sptl.datasets.her2st("D1")
     >>> sptl.tl.transfer_labels(
-    ...     source, target, label_key="label", method="gnn", model_kwargs={{"max_epochs": 10}}, progress=False
+    ...     source, target, label_key="label", method="gnn", model_kwargs={"max_epochs": 10}, progress=False
     ... )
     >>> ax = sptl.pl.training_curves(target, show=False)
     """

@@ -93,12 +93,12 @@ def transfer_labels(
     unassigned_threshold
         Open set: spots whose top probability is below this get the label ``"unassigned"``.
     model_kwargs
-        Further arguments of the model class (for example ``{{"encoder": "sage", "max_epochs": 300}}``).
+        Further arguments of the model class (for example ``{"encoder": "sage", "max_epochs": 300}``).
     spatial_key
         Key in ``.obsm`` with the coordinates used for smoothing and graphs; ``None`` turns smoothing
         off (``"knn"`` only).
     graph_key
-        Use the graphs in ``obsp[f"{{graph_key}}_connectivities"]`` of source and target (from
+        Use the graphs in ``obsp[f"{graph_key}_connectivities"]`` of source and target (from
         :func:`sptl.pp.spatial_graph`); ``None`` builds them on the fly.
     min_shared_genes
         Fewest genes source and target must share.
