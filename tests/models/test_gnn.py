@@ -22,8 +22,9 @@ def test_real_pair_floor(fitted, her2st):
     target = her2st("D1")
     pred = fitted.predict(target, progress=False)
     scores = label_scores(target.obs["label"], pred, labels=fitted.classes_)
-    # measured F1 -> D1 with 60 epochs: see FLOOR_NOTE in the issue note
-    assert scores["accuracy"] >= 0.60
+    # measured F1 -> D1 with 60 epochs (seed 0): accuracy 0.710, macro-F1 0.535
+    assert scores["accuracy"] >= 0.66
+    assert scores["macro_f1"] >= 0.48
     assert pred.index.equals(target.obs_names)
     assert len(fitted.history_["loss"]) == 60
     assert fitted.history_["loss"][-1] < fitted.history_["loss"][0]
@@ -128,5 +129,7 @@ def test_bad_parameters():
         RelationalTransfer(adaptation="coral")
     with pytest.raises(ValueError, match="divisible"):
         RelationalTransfer(hidden=30, heads=4)
+    with pytest.raises(ValueError, match="head='mlp'"):
+        RelationalTransfer(head="mlp")
     with pytest.raises(ValueError, match="unassigned_threshold"):
         RelationalTransfer(unassigned_threshold=1.5)
