@@ -26,9 +26,14 @@ def as_adata_list(data: AnnData | Sequence[AnnData], name: str) -> list[AnnData]
     else:
         msg = f"`{name}` must be an AnnData or a list of AnnData, got {type(data).__name__}."
         raise TypeError(msg)
-    for i, ad in enumerate(items):
-        check_adata(ad, name if len(items) == 1 else f"{name}[{i}]")
+    for ad, label in zip(items, names_of(items, name), strict=True):
+        check_adata(ad, label)
     return items
+
+
+def names_of(items: Sequence[AnnData], name: str) -> list[str]:
+    """How error messages call each item: ``name`` alone, or ``name[i]`` in a list of several."""
+    return [name] if len(items) == 1 else [f"{name}[{i}]" for i in range(len(items))]
 
 
 def check_adata(adata: AnnData, name: str = "adata") -> None:

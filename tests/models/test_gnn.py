@@ -22,9 +22,9 @@ def test_real_pair_floor(fitted, her2st):
     target = her2st("D1")
     pred = fitted.predict(target, progress=False)
     scores = label_scores(target.obs["label"], pred, labels=fitted.classes_)
-    # measured F1 -> D1 with 60 epochs (seed 0): accuracy 0.710, macro-F1 0.535
-    assert scores["accuracy"] >= 0.66
-    assert scores["macro_f1"] >= 0.48
+    # measured F1 -> D1 with 60 epochs (seed 0, cosine head): accuracy 0.725, macro-F1 0.473
+    assert scores["accuracy"] >= 0.68
+    assert scores["macro_f1"] >= 0.42
     assert pred.index.equals(target.obs_names)
     assert len(fitted.history_["loss"]) == 60
     assert fitted.history_["loss"][-1] < fitted.history_["loss"][0]

@@ -115,6 +115,12 @@ class RelationalTransfer(TransferModel):
         Class-balanced cross-entropy (weights inverse to class frequency) for rare labels.
     unassigned_threshold
         Open set: observations whose top probability is below this become ``"unassigned"``.
+    head
+        ``"cosine"``: class prototypes compared by cosine similarity (temperature 0.1), which transfers
+        better across patients than ``"linear"`` (a plain linear layer).
+    normalize
+        Give every node's principal components unit length (cosine geometry, as the knn vote uses)
+        instead of scaling each component to unit variance.
     n_genes
         Highly variable genes chosen on the source.
     n_comps
@@ -160,8 +166,8 @@ class RelationalTransfer(TransferModel):
         adaptation_weight: float = 0.5,
         balance: bool = True,
         unassigned_threshold: float | None = None,
-        head: str = "linear",
-        normalize: bool = False,
+        head: str = "cosine",
+        normalize: bool = True,
         n_genes: int = 3000,
         n_comps: int = 30,
         n_neighs: int = 6,
@@ -264,7 +270,7 @@ class RelationalTransfer(TransferModel):
             sources = _split_batches(sources, batch_key)
         targets = [] if target is None else _validate.as_adata_list(target, "target")
         labels = _validate.check_labels(sources, label_key, "source", exclude=exclude)
-        names = [f"source[{i}]" for i in range(len(sources))] + [f"target[{i}]" for i in range(len(targets))]
+        names = _validate.names_of(sources, "source") + _validate.names_of(targets, "target")
         sections = sources + targets
         counts = [_validate.get_counts(a, layer, n) for a, n in zip(sections, names, strict=True)]
         coords = [_validate.check_spatial(a, spatial_key, n) for a, n in zip(sections, names, strict=True)]

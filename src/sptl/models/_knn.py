@@ -112,7 +112,7 @@ class KNNTransfer(TransferModel):
         sources = _validate.as_adata_list(source, "source")
         targets = [] if target is None else _validate.as_adata_list(target, "target")
         labels = _validate.check_labels(sources, label_key, "source", exclude=exclude)
-        names = [f"source[{i}]" for i in range(len(sources))] + [f"target[{i}]" for i in range(len(targets))]
+        names = _validate.names_of(sources, "source") + _validate.names_of(targets, "target")
         everything = sources + targets
         counts = [_validate.get_counts(a, layer, n) for a, n in zip(everything, names, strict=True)]
         genes = _validate.shared_genes(everything, names, min_shared_genes)
