@@ -98,8 +98,9 @@ METHODS = {
     "sptl knn": sptl_transfer,
     "sptl knn (no smoothing)": lambda s, t: sptl_transfer(s, t, smooth=0.0),
     "sptl gnn": lambda s, t: sptl_transfer(s, t, method="gnn"),
-    "sptl gnn + dann": lambda s, t: sptl_transfer(s, t, method="gnn", adaptation="dann"),
-    "sptl gnn + self-training": lambda s, t: sptl_transfer(s, t, method="gnn", adaptation="self_training"),
+    "sptl gnn + dann + self-training": lambda s, t: sptl_transfer(
+        s, t, method="gnn", adaptation=["dann", "self_training"]
+    ),
     "tangram (own venv)": tangram,
     "logreg (sptl features)": logreg,
     "scanpy ingest": ingest,
