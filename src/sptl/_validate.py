@@ -115,8 +115,16 @@ def check_labels(adatas: Sequence[AnnData], label_key: str, name: str, exclude: 
             raise KeyError(msg)
         lab = ad.obs[label_key]
         lab = lab.astype(object).where(lab.notna(), None).map(lambda v: None if v is None else str(v))
-        lab = lab.where(~lab.isin(list(exclude)), None)
         out.append(lab)
+    present = set(pd.concat(out).dropna())
+    absent = [e for e in exclude if str(e) not in present]
+    if absent:
+        msg = (
+            f"`exclude` names label(s) {absent} absent from `{name}.obs[{label_key!r}]`, whose labels are"
+            f" {sorted(present)}: check the spelling."
+        )
+        raise ValueError(msg)
+    out = [lab.where(~lab.isin([str(e) for e in exclude]), None) for lab in out]
     classes = pd.unique(pd.concat(out).dropna())
     if len(classes) < 2:
         msg = (

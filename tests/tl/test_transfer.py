@@ -141,6 +141,7 @@ def _bad_cases(her2st):
     cases.append(("missing layer", src, tgt, {"layer": "counts"}, KeyError, r"layers\['counts'\]"))
     cases.append(("bad smooth", src, tgt, {"smooth": 1.0}, ValueError, "smooth"))
     cases.append(("not anndata", src, tgt.to_df(), {}, TypeError, "must be an AnnData"))
+    cases.append(("excluded label absent", src, tgt, {"exclude": ["Undetermined"]}, ValueError, "absent from"))
     cases.append(("knn adaptation", src, tgt, {"adaptation": "dann"}, ValueError, "applies to `method='gnn'`"))
     cases.append(
         ("gnn without coords", src, tgt, {"method": "gnn", "spatial_key": None}, ValueError, "needs coordinates")
