@@ -155,3 +155,15 @@ def check_choice(value: object, name: str, choices: Sequence[object]) -> None:
     if value not in choices:
         msg = f"`{name}={value!r}` is not valid; choose one of {list(choices)}."
         raise ValueError(msg)
+
+
+def split_batches(adatas: Sequence[AnnData], batch_key: str, name: str) -> list[AnnData]:
+    """Split each AnnData into one view per value of ``obs[batch_key]`` (sections of one object)."""
+    out = []
+    for ad, label in zip(adatas, names_of(adatas, name), strict=True):
+        if batch_key not in ad.obs:
+            msg = f"`{label}.obs[{batch_key!r}]` not found (obs columns: {list(ad.obs.columns)}): pass `batch_key=`."
+            raise KeyError(msg)
+        for b in pd.unique(ad.obs[batch_key].dropna()):
+            out.append(ad[(ad.obs[batch_key] == b).to_numpy()])
+    return out

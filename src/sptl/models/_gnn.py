@@ -267,7 +267,7 @@ class RelationalTransfer(TransferModel):
         """
         sources = _validate.as_adata_list(source, "source")
         if batch_key is not None:
-            sources = _split_batches(sources, batch_key)
+            sources = _validate.split_batches(sources, batch_key, "source")
         targets = [] if target is None else _validate.as_adata_list(target, "target")
         labels = _validate.check_labels(sources, label_key, "source", exclude=exclude)
         names = _validate.names_of(sources, "source") + _validate.names_of(targets, "target")
@@ -534,17 +534,6 @@ class RelationalTransfer(TransferModel):
             msg = f"The checkpoint's network weights do not fit a {type(self).__name__} with these parameters: {e}"
             raise ValueError(msg) from e
         self.net_ = net.eval()
-
-
-def _split_batches(adatas: list[AnnData], batch_key: str) -> list[AnnData]:
-    out = []
-    for i, a in enumerate(adatas):
-        if batch_key not in a.obs:
-            msg = f"`source{'' if len(adatas) == 1 else f'[{i}]'}.obs[{batch_key!r}]` not found: pass `batch_key=`."
-            raise KeyError(msg)
-        for b in pd.unique(a.obs[batch_key].dropna()):
-            out.append(a[(a.obs[batch_key] == b).to_numpy()])
-    return out
 
 
 def _union(feats: list[np.ndarray], graphs: list[sparse.csr_matrix]) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:

@@ -103,7 +103,7 @@ class KNNTransfer(TransferModel):
         min_shared_genes
             Fewest genes all sections must share.
         progress
-            Show a progress bar.
+            Accepted for the same call as the other models; fitting here has no long loop to show.
 
         Returns
         -------

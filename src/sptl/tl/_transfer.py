@@ -183,9 +183,7 @@ def transfer_labels(
             msg = "`adaptation` applies to `method='gnn'`; the knn vote already standardises each section."
             raise ValueError(msg)
         if batch_key is not None:
-            from ..models._gnn import _split_batches
-
-            sources = _split_batches(sources, batch_key)
+            sources = _validate.split_batches(sources, batch_key, "source")
         model = KNNTransfer(
             n_genes=n_genes,
             n_comps=n_comps,
