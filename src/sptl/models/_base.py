@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -43,6 +44,26 @@ class TransferModel(ABC):
     @abstractmethod
     def predict(self, adata: AnnData, /, **kwargs: Any) -> pd.Series:
         """Predict labels for every observation of ``adata``."""
+
+    @staticmethod
+    def _sections(
+        source: AnnData | Sequence[AnnData],
+        target: AnnData | Sequence[AnnData] | None,
+        *,
+        label_key: str,
+        layer: str | None,
+        exclude: Sequence[str],
+        batch_key: str | None = None,
+    ) -> tuple[list[AnnData], list[AnnData], list[pd.Series], list[str], list]:
+        """Validate training inputs: sources, targets, source labels, names for messages, counts."""
+        sources = _validate.as_adata_list(source, "source")
+        if batch_key is not None:
+            sources = _validate.split_batches(sources, batch_key, "source")
+        targets = [] if target is None else _validate.as_adata_list(target, "target")
+        labels = _validate.check_labels(sources, label_key, "source", exclude=exclude)
+        names = _validate.names_of(sources, "source") + _validate.names_of(targets, "target")
+        counts = [_validate.get_counts(a, layer, n) for a, n in zip(sources + targets, names, strict=True)]
+        return sources, targets, labels, names, counts
 
     # -- checks -------------------------------------------------------------------------------------
     @property

@@ -265,14 +265,10 @@ class RelationalTransfer(TransferModel):
         -------
         The fitted model.
         """
-        sources = _validate.as_adata_list(source, "source")
-        if batch_key is not None:
-            sources = _validate.split_batches(sources, batch_key, "source")
-        targets = [] if target is None else _validate.as_adata_list(target, "target")
-        labels = _validate.check_labels(sources, label_key, "source", exclude=exclude)
-        names = _validate.names_of(sources, "source") + _validate.names_of(targets, "target")
+        sources, targets, labels, names, counts = self._sections(
+            source, target, label_key=label_key, layer=layer, exclude=exclude, batch_key=batch_key
+        )
         sections = sources + targets
-        counts = [_validate.get_counts(a, layer, n) for a, n in zip(sections, names, strict=True)]
         coords = [_validate.check_spatial(a, spatial_key, n) for a, n in zip(sections, names, strict=True)]
         graphs = [self._graph(a, spatial_key, graph_key, n) for a, n in zip(sections, names, strict=True)]
         genes = _validate.shared_genes(sections, names, min_shared_genes)

@@ -109,12 +109,10 @@ class KNNTransfer(TransferModel):
         -------
         The fitted model.
         """
-        sources = _validate.as_adata_list(source, "source")
-        targets = [] if target is None else _validate.as_adata_list(target, "target")
-        labels = _validate.check_labels(sources, label_key, "source", exclude=exclude)
-        names = _validate.names_of(sources, "source") + _validate.names_of(targets, "target")
+        sources, targets, labels, names, counts = self._sections(
+            source, target, label_key=label_key, layer=layer, exclude=exclude
+        )
         everything = sources + targets
-        counts = [_validate.get_counts(a, layer, n) for a, n in zip(everything, names, strict=True)]
         genes = _validate.shared_genes(everything, names, min_shared_genes)
         p = self.params
 
