@@ -395,7 +395,7 @@ class RelationalTransfer(TransferModel):
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                totals += [float(loss), float(cls_loss), float(ad_loss)]
+                totals += [float(loss.detach()), float(cls_loss.detach()), float(ad_loss.detach())]
             n = max(len(src_tiles), 1)
             for key, value in zip(("loss", "classification", "adaptation"), totals / n, strict=True):
                 history[key].append(round(float(value), 5))
