@@ -147,13 +147,10 @@ def transfer_labels(
         coords = _validate.check_spatial(target, spatial_key, "target")
     smooth_graph = None
     if coords is not None and smooth > 0:
-        smooth_graph = (
-            check_graph(target, graph_key, coords, "target")
-            if graph_key is not None
-            else build_graph(coords, n_neighs=min(6, max(target.n_obs - 1, 1)))[0]
-            if target.n_obs > 1
-            else None
-        )
+        if graph_key is not None:
+            smooth_graph = check_graph(target, graph_key, coords, "target")
+        elif target.n_obs > 1:
+            smooth_graph = build_graph(coords, n_neighs=min(6, target.n_obs - 1))[0]
     extra = dict(model_kwargs or {})
     params = {
         "label_key": label_key,
