@@ -163,8 +163,12 @@ class KNNTransfer(TransferModel):
     ) -> pd.DataFrame:
         """Class probabilities for every observation of ``adata`` (rows: ``obs_names``, columns: classes)."""
         emb = self.transform(adata, layer=layer, max_missing_genes=max_missing_genes)
+        return self.proba_from_embedding(emb, adata.obs_names, progress=progress)
+
+    def proba_from_embedding(self, emb: np.ndarray, index: pd.Index, *, progress: bool = True) -> pd.DataFrame:
+        """Class probabilities from an embedding :meth:`transform` already computed (rows ``index``)."""
         probs = self._vote(emb, progress=progress)
-        return pd.DataFrame(probs, index=adata.obs_names.copy(), columns=pd.Index(self.classes_))
+        return pd.DataFrame(probs, index=index.copy(), columns=pd.Index(self.classes_))
 
     def predict(
         self,

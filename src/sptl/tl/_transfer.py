@@ -194,7 +194,7 @@ def transfer_labels(
             sources, label_key=label_key, target=target, layer=layer, exclude=exclude, min_shared_genes=min_shared_genes
         )
         embedding = model.transform(target, layer=layer)
-        proba = model.predict_proba(target, layer=layer, progress=progress)
+        proba = model.proba_from_embedding(embedding, target.obs_names, progress=progress)
     else:
         model = RelationalTransfer(
             n_genes=n_genes,
