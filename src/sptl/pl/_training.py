@@ -10,6 +10,7 @@ from matplotlib.axes import Axes
 
 from .. import _keys, _validate
 from .._docs import inject_docs
+from ._figure import finish
 
 
 @inject_docs
@@ -62,11 +63,4 @@ def training_curves(
     ax.set_ylabel("loss")
     ax.set_title(f"training: {key}")
     ax.legend(frameon=False)
-    if save is not None:
-        ax.figure.savefig(save, dpi=150, bbox_inches="tight")
-    if show is None:
-        show = save is None
-    if show:
-        plt.show()
-        return None
-    return ax
+    return finish(ax.figure, ax, save=save, show=show)

@@ -14,6 +14,7 @@ from matplotlib.lines import Line2D
 
 from .. import _keys, _validate
 from .._docs import inject_docs
+from ._figure import finish
 
 #: Colour of missing / excluded labels.
 MISSING_COLOR = "#d3d3d3"
@@ -116,14 +117,7 @@ def transfer(
     fig.colorbar(sc_, ax=axes[-1], shrink=0.7)
     if title is not None:
         fig.suptitle(title)
-    if save is not None:
-        fig.savefig(save, dpi=150, bbox_inches="tight")
-    if show is None:
-        show = save is None
-    if show:
-        plt.show()
-        return None
-    return axes
+    return finish(fig, axes, save=save, show=show)
 
 
 def _palette(classes: Sequence[str], palette: dict[str, str] | None) -> dict[str, str]:
