@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,21 +17,11 @@ from .._device import resolve_device
 from .._progress import progress_bar
 from ..pp._expression import fit_pca_space, standardized
 from ..pp._graph import build_graph, check_graph
+from ._adapt import grad_reverse, mmd
 from ._base import TransferModel, labels_from_proba
 
 ENCODERS = ("gat", "sage", "gcn")
 ADAPTATIONS = ("mmd", "dann", "self_training")
-
-
-class _GradReverse(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, coeff: float) -> torch.Tensor:
-        ctx.coeff = coeff
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return -ctx.coeff * grad, None
 
 
 class _Net(nn.Module):
@@ -380,10 +369,10 @@ class RelationalTransfer(TransferModel):
                 if adapt and tgt_m.any():
                     progress_frac = epoch / max(p["max_epochs"] - 1, 1)
                     if "mmd" in adapt:
-                        ad_loss = ad_loss + _mmd(h[src_m], h[tgt_m], rng)
+                        ad_loss = ad_loss + mmd(h[src_m], h[tgt_m], rng)
                     if "dann" in adapt:
                         coeff = 2.0 / (1.0 + np.exp(-10 * progress_frac)) - 1.0
-                        dom = net.domain(_GradReverse.apply(h[cm], coeff)).squeeze(-1)
+                        dom = net.domain(grad_reverse(h[cm], coeff)).squeeze(-1)
                         ad_loss = ad_loss + F.binary_cross_entropy_with_logits(dom, db[cm])
                     if "self_training" in adapt and progress_frac >= 0.3:
                         prob = logits[tgt_m].softmax(-1).detach()
@@ -580,17 +569,3 @@ def _merge(
     edges = torch.cat([e + int(o) for (_, e, _), o in zip(parts, offsets, strict=True)], dim=1)
     mask = np.concatenate([m for _, _, m in parts])
     return nodes, edges, mask
-
-
-def _mmd(a: torch.Tensor, b: torch.Tensor, rng: np.random.Generator, max_n: int = 512) -> torch.Tensor:
-    """Squared MMD with a mixture of Gaussian kernels (bandwidths around the median distance)."""
-    if len(a) > max_n:
-        a = a[torch.as_tensor(rng.choice(len(a), max_n, replace=False), device=a.device)]
-    if len(b) > max_n:
-        b = b[torch.as_tensor(rng.choice(len(b), max_n, replace=False), device=b.device)]
-    z = torch.cat([a, b])
-    d = torch.cdist(z, z).pow(2)
-    bw = d.detach().median().clamp_min(1e-6)
-    k = sum(torch.exp(-d / (bw * s)) for s in (0.25, 0.5, 1.0, 2.0, 4.0))
-    n = len(a)
-    return k[:n, :n].mean() + k[n:, n:].mean() - 2 * k[:n, n:].mean()
