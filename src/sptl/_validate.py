@@ -167,3 +167,31 @@ def split_batches(adatas: Sequence[AnnData], batch_key: str, name: str) -> list[
         for b in pd.unique(ad.obs[batch_key].dropna()):
             out.append(ad[(ad.obs[batch_key] == b).to_numpy()])
     return out
+
+
+def check_weights(adatas: Sequence[AnnData], weights_key: str, name: str) -> list[np.ndarray]:
+    """Return each ``obs[weights_key]`` as float32 instance weights (finite, >= 0, not all zero)."""
+    out = []
+    for i, ad in enumerate(adatas):
+        where = name if len(adatas) == 1 else f"{name}[{i}]"
+        if weights_key not in ad.obs:
+            msg = (
+                f"`{where}.obs[{weights_key!r}]` not found (obs columns: {list(ad.obs.columns)}): run"
+                " `sptl.tl.instance_weights` first or pass the right `weights_key=`."
+            )
+            raise KeyError(msg)
+        try:
+            w = ad.obs[weights_key].to_numpy(dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            dtype = ad.obs[weights_key].dtype
+            msg = f"`{where}.obs[{weights_key!r}]` must hold numbers (instance weights), got dtype {dtype}."
+            raise TypeError(msg) from e
+        n_bad = int((~np.isfinite(w) | (w < 0)).sum())
+        if n_bad:
+            msg = f"`{where}.obs[{weights_key!r}]` has {n_bad} negative, NaN or infinite weights."
+            raise ValueError(msg)
+        out.append(w.astype(np.float32))
+    if not any(w.sum() > 0 for w in out):
+        msg = f"All weights in `{name}.obs[{weights_key!r}]` are zero."
+        raise ValueError(msg)
+    return out

@@ -150,6 +150,11 @@ def _bad_cases(her2st):
     del s.obsm["spatial"]
     cases.append(("gnn source coords", s, tgt, {"method": "gnn"}, KeyError, r"source.obsm\['spatial'\]"))
     cases.append(("graph missing", src, tgt, {"method": "gnn", "graph_key": "g"}, KeyError, "spatial_graph"))
+    s = src.copy()
+    s.obs["w"] = 1.0
+    s.obs.iloc[4, s.obs.columns.get_loc("w")] = -0.5
+    cases.append(("missing weights", src, tgt, {"weights_key": "w"}, KeyError, r"source.obs\['w'\]` not found"))
+    cases.append(("negative weight", s, tgt, {"weights_key": "w"}, ValueError, "1 negative, NaN or infinite weights"))
     cases.append(("bad encoder", src, tgt, {"method": "gnn", "model_kwargs": {"encoder": "x"}}, ValueError, "encoder"))
     return cases
 
@@ -215,3 +220,26 @@ def test_gnn_reproducible(her2st):
         )
         outs.append(target.obsm["sptl_label_probabilities"])
     pd.testing.assert_frame_equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("method", ["knn", "gnn"])
+def test_instance_weights(her2st, method):
+    """Uniform weights change nothing; zero weight on a class's spots removes that class's votes."""
+    kw = {"method": method, "model_kwargs": {"max_epochs": 15} if method == "gnn" else None}
+    source, plain = her2st("F1"), her2st("D1")
+    run(source, plain, **kw)
+    source.obs["w"] = 3.0
+    weighted = her2st("D1")
+    run(source, weighted, weights_key="w", **kw)
+    np.testing.assert_allclose(
+        weighted.obsm["sptl_label_probabilities"].to_numpy(),
+        plain.obsm["sptl_label_probabilities"].to_numpy(),
+        atol=1e-5,
+    )
+    assert weighted.uns["sptl_label"]["params"]["weights_key"] == "w"
+    if method == "knn":
+        source.obs["w"] = np.where(source.obs["label"] == "immune infiltrate", 0.0, 1.0)
+        target = her2st("D1")
+        run(source, target, weights_key="w", **kw)
+        assert (target.obsm["sptl_label_probabilities"]["immune infiltrate"] == 0).all()
+        assert (plain.obs["sptl_label"] == "immune infiltrate").sum() > 0

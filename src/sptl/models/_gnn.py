@@ -220,6 +220,7 @@ class RelationalTransfer(TransferModel):
         spatial_key: str = _keys.SPATIAL,
         graph_key: str | None = None,
         min_shared_genes: int = 100,
+        weights_key: str | None = None,
         progress: bool = True,
     ) -> RelationalTransfer:
         """Train on labelled source sections, adapting to target sections when given.
@@ -247,6 +248,10 @@ class RelationalTransfer(TransferModel):
             :func:`sptl.pp.spatial_graph`); ``None`` builds it on the fly.
         min_shared_genes
             Fewest genes all sections must share.
+        weights_key
+            Column of every source's ``.obs`` with instance weights (for example from
+            :func:`sptl.tl.instance_weights`) that multiply each source spot's classification loss (and
+            its class's size for ``balance``). ``None`` weighs all spots equally.
         progress
             Show a progress bar over epochs.
 
@@ -258,6 +263,11 @@ class RelationalTransfer(TransferModel):
             source, target, label_key=label_key, layer=layer, exclude=exclude, batch_key=batch_key
         )
         sections = sources + targets
+        spot_weights = (
+            [np.ones(a.n_obs, dtype=np.float32) for a in sources]
+            if weights_key is None
+            else _validate.check_weights(sources, weights_key, "source")
+        )
         coords = [_validate.check_spatial(a, spatial_key, n) for a, n in zip(sections, names, strict=True)]
         graphs = [self._graph(a, spatial_key, graph_key, n) for a, n in zip(sections, names, strict=True)]
         genes = _validate.shared_genes(sections, names, min_shared_genes)
@@ -278,7 +288,14 @@ class RelationalTransfer(TransferModel):
         n_src = sum(a.n_obs for a in sources)
         codes = np.full(n_src + sum(a.n_obs for a in targets), -1, dtype=np.int64)  # -1 = unlabelled
         codes[:n_src] = pd.Categorical(lab, categories=classes).codes
-        freq = np.bincount(codes[codes >= 0], minlength=len(classes)).astype(np.float32)
+        sw = np.ones(len(codes), dtype=np.float32)
+        sw[:n_src] = np.concatenate(spot_weights)
+        if not sw[codes >= 0].sum() > 0:
+            msg = f"All labelled source spots have weight 0 in `obs[{weights_key!r}]`."
+            raise ValueError(msg)
+        sw[:n_src] /= sw[:n_src][codes[:n_src] >= 0].mean()
+        freq = np.bincount(codes[codes >= 0], weights=sw[codes >= 0], minlength=len(classes)).astype(np.float32)
+        freq = np.where(freq > 0, freq, 1.0)
         weights = (freq.sum() / (len(classes) * freq)) if p["balance"] else np.ones_like(freq)
 
         self.var_names_ = hvg
@@ -287,7 +304,14 @@ class RelationalTransfer(TransferModel):
         self.feature_scale_ = scale
         self.class_weights_ = weights.astype(np.float32)
         history = self._train(
-            [self._scale(x) for x in pcs], graphs, coords, codes, n_src=n_src, n_sources=len(sources), progress=progress
+            [self._scale(x) for x in pcs],
+            graphs,
+            coords,
+            codes,
+            sw,
+            n_src=n_src,
+            n_sources=len(sources),
+            progress=progress,
         )
         self.history_ = {"n_source_spots": int((codes >= 0).sum()), "n_shared_genes": len(genes), **history}
         return self
@@ -313,6 +337,7 @@ class RelationalTransfer(TransferModel):
         graphs: list[sparse.csr_matrix],
         coords: list[np.ndarray],
         codes: np.ndarray,
+        spot_weights: np.ndarray,
         *,
         n_src: int,
         n_sources: int,
@@ -346,6 +371,7 @@ class RelationalTransfer(TransferModel):
         xt = torch.as_tensor(x)
         yt = torch.as_tensor(codes)
         dt = torch.as_tensor(domain)
+        wt = torch.as_tensor(spot_weights)
         cw = torch.as_tensor(self.class_weights_, device=device)
         adapt = set(p["adaptation"]) if tgt_tiles else set()
         history: dict[str, list[float]] = {"loss": [], "classification": [], "adaptation": []}
@@ -359,11 +385,13 @@ class RelationalTransfer(TransferModel):
                     parts.append(tgt_tiles[rng.integers(len(tgt_tiles))])
                 nodes, sub_ei, core_mask = _merge(parts)
                 xb, eb = xt[nodes].to(device), sub_ei.to(device)
-                yb, db = yt[nodes].to(device), dt[nodes].to(device)
+                yb, db, wb = yt[nodes].to(device), dt[nodes].to(device), wt[nodes].to(device)
                 cm = torch.as_tensor(core_mask, device=device)
                 logits, h = net(xb, eb)
                 lab = cm & (yb >= 0)
-                cls_loss = F.cross_entropy(logits[lab], yb[lab], weight=cw)
+                # class-weighted, instance-weighted mean (F.cross_entropy's weighted mean, per spot)
+                ce = F.cross_entropy(logits[lab], yb[lab], weight=cw, reduction="none")
+                cls_loss = (ce * wb[lab]).sum() / (cw[yb[lab]] * wb[lab]).sum().clamp_min(1e-12)
                 ad_loss = torch.zeros((), device=device)
                 src_m, tgt_m = cm & (db == 0), cm & (db == 1)
                 if adapt and tgt_m.any():

@@ -49,7 +49,7 @@ class KNNTransfer(TransferModel):
     >>> labels = model.predict(tgt)
     """
 
-    _state_arrays = ("components_", "source_embedding_", "source_codes_", "class_weights_")
+    _state_arrays = ("components_", "source_embedding_", "source_codes_", "class_weights_", "source_weights_")
 
     def __init__(
         self,
@@ -84,6 +84,7 @@ class KNNTransfer(TransferModel):
         layer: str | None = None,
         exclude: Sequence[str] = (),
         min_shared_genes: int = 100,
+        weights_key: str | None = None,
         progress: bool = True,
     ) -> KNNTransfer:
         """Fit on labelled source sections (optionally embedding target sections jointly).
@@ -102,6 +103,10 @@ class KNNTransfer(TransferModel):
             Labels not to transfer (for example ``["undetermined"]``); those spots are ignored.
         min_shared_genes
             Fewest genes all sections must share.
+        weights_key
+            Column of every source's ``.obs`` with instance weights (for example from
+            :func:`sptl.tl.instance_weights`): each source spot's vote is multiplied by its weight, and
+            class sizes for ``balance`` are weighted sums. ``None`` weighs all spots equally.
         progress
             Accepted for the same call as the other models; fitting here has no long loop to show.
 
@@ -113,6 +118,11 @@ class KNNTransfer(TransferModel):
             source, target, label_key=label_key, layer=layer, exclude=exclude
         )
         everything = sources + targets
+        spot_weights = (
+            [np.ones(a.n_obs, dtype=np.float32) for a in sources]
+            if weights_key is None
+            else _validate.check_weights(sources, weights_key, "source")
+        )
         genes = _validate.shared_genes(everything, names, min_shared_genes)
         p = self.params
 
@@ -130,7 +140,12 @@ class KNNTransfer(TransferModel):
         src_emb = _l2(np.vstack(pcs[: len(sources)]))[labelled]
         classes = sorted(lab.dropna().unique())
         codes = pd.Categorical(lab[labelled], categories=classes).codes.astype(np.int64)
-        freq = np.bincount(codes, minlength=len(classes)).astype(np.float32)
+        sw = np.concatenate(spot_weights)[labelled]
+        if not sw.sum() > 0:
+            msg = f"All labelled source spots have weight 0 in `obs[{weights_key!r}]`."
+            raise ValueError(msg)
+        freq = np.bincount(codes, weights=sw, minlength=len(classes)).astype(np.float32)
+        freq = np.where(freq > 0, freq, 1.0)
         weights = 1.0 / freq if p["balance"] else np.ones_like(freq)
 
         self.var_names_ = pd.Index(hvg)
@@ -139,6 +154,7 @@ class KNNTransfer(TransferModel):
         self.source_embedding_ = src_emb.astype(np.float32)
         self.source_codes_ = codes
         self.class_weights_ = (weights / weights.sum()).astype(np.float32)
+        self.source_weights_ = (sw / sw.mean()).astype(np.float32)
         self.history_ = {"n_source_spots": int(labelled.sum()), "n_shared_genes": len(genes)}
         return self
 
@@ -189,13 +205,14 @@ class KNNTransfer(TransferModel):
         onehot = torch.nn.functional.one_hot(
             torch.as_tensor(self.source_codes_, device=device), num_classes=len(self.classes_)
         ).float() * torch.as_tensor(self.class_weights_, device=device)
+        spot_w = torch.as_tensor(self.source_weights_, device=device)
         k = min(self.params["n_neighbors"], src.shape[0])
         out = np.empty((emb.shape[0], len(self.classes_)), dtype=np.float32)
         starts = range(0, emb.shape[0], chunk)
         for s in progress_bar(starts, enabled=progress, desc="knn transfer: vote", total=len(starts)):
             q = torch.as_tensor(emb[s : s + chunk], device=device)
             sim, idx = (q @ src.T).topk(k, dim=1)
-            w = sim.clamp_min(0).unsqueeze(-1)
+            w = (sim.clamp_min(0) * spot_w[idx]).unsqueeze(-1)
             votes = (w * onehot[idx]).sum(1)
             total = votes.sum(1, keepdim=True)
             # a spot with no positively similar neighbour gets a uniform vote

@@ -45,6 +45,7 @@ def transfer_labels(
     spatial_key: str | None = _keys.SPATIAL,
     graph_key: str | None = None,
     min_shared_genes: int = 100,
+    weights_key: str | None = None,
     key_added: str = _keys.TRANSFER,
     device: str | None = None,
     seed: int = 0,
@@ -102,6 +103,10 @@ def transfer_labels(
         :func:`sptl.pp.spatial_graph`); ``None`` builds them on the fly.
     min_shared_genes
         Fewest genes source and target must share.
+    weights_key
+        Column of ``source.obs`` with instance weights, for example from
+        :func:`sptl.tl.instance_weights`: source spots that resemble the target count more (the knn
+        vote is multiplied by them, the gnn loss weighted). ``None`` weighs all source spots equally.
     {key_added}
     {device}
     {seed}
@@ -135,6 +140,8 @@ def transfer_labels(
     _validate.check_choice(method, "method", METHODS)
     _validate.check_adata(target, "target")
     sources = _validate.as_adata_list(source, "source")
+    if weights_key is not None:
+        _validate.check_weights(sources, weights_key, "source")
     smooth = DEFAULT_SMOOTH[method] if smooth is None else smooth
     if not 0 <= smooth < 1:
         msg = f"`smooth` must lie in [0, 1), got {smooth!r}."
@@ -169,6 +176,7 @@ def transfer_labels(
         "spatial_key": spatial_key,
         "graph_key": graph_key,
         "min_shared_genes": min_shared_genes,
+        "weights_key": weights_key,
         "n_sources": len(sources),
         "seed": seed,
     }
@@ -191,7 +199,13 @@ def transfer_labels(
             **extra,
         )
         model.fit(
-            sources, label_key=label_key, target=target, layer=layer, exclude=exclude, min_shared_genes=min_shared_genes
+            sources,
+            label_key=label_key,
+            target=target,
+            layer=layer,
+            exclude=exclude,
+            min_shared_genes=min_shared_genes,
+            weights_key=weights_key,
         )
         embedding = model.transform(target, layer=layer)
         proba = model.proba_from_embedding(embedding, target.obs_names, progress=progress)
@@ -215,6 +229,7 @@ def transfer_labels(
             spatial_key=spatial_key,
             graph_key=graph_key,
             min_shared_genes=min_shared_genes,
+            weights_key=weights_key,
             progress=progress,
         )
         probs, embedding = model._forward(
