@@ -54,3 +54,20 @@ def distances(key: str) -> str:
 def spatial_neighbors(key: str = SPATIAL) -> str:
     """``uns`` / ``obsp`` stem squidpy uses for a spatial graph built on ``obsm[key]``."""
     return f"{key}_neighbors"
+
+
+# --- alignment and integration (sptl.tl.align_slices, sptl.tl.integrate) ---
+#: Default ``key_added`` of :func:`sptl.tl.align_slices`: aligned coordinates go to ``obsm[key_added]``.
+ALIGN = "spatial_aligned"
+#: Default ``key_added`` of :func:`sptl.tl.integrate`: the embedding goes to ``obsm["X_" + key_added]``.
+INTEGRATE = "sptl_integrated"
+
+
+def match(key_added: str) -> str:
+    """``obs`` column with each spot's best match (obs name) in the slice it was aligned with."""
+    return f"{key_added}_match"
+
+
+def match_mass(key_added: str) -> str:
+    """``obs`` column with the share of a spot's mass transported to its best match."""
+    return f"{key_added}_match_mass"

@@ -1,5 +1,6 @@
 """Tools: transfer results computed into the target AnnData."""
 
+from ._align import align_slices
 from ._transfer import transfer_labels
 
-__all__ = ["transfer_labels"]
+__all__ = ["align_slices", "transfer_labels"]
