@@ -71,3 +71,38 @@ def match(key_added: str) -> str:
 def match_mass(key_added: str) -> str:
     """``obs`` column with the share of a spot's mass transported to its best match."""
     return f"{key_added}_match_mass"
+
+
+# -- histology: patches, image encoders and CLIP models (issue 5) ----------------------------------
+#: Default ``key_added`` of :func:`sptl.pp.extract_patches`: ``uns[PATCHES]["params"]`` describes the patches.
+PATCHES = "patches"
+#: Default ``key_added`` of :func:`sptl.tl.embed_histology` (``obsm["X_histology"]``).
+HISTOLOGY = "histology"
+#: Default ``key_added`` of :func:`sptl.tl.embed_clip`.
+CLIP = "clip"
+#: Default ``key_added`` of :func:`sptl.tl.predict_expression`.
+PREDICTED_EXPRESSION = "predicted_expression"
+#: Default ``key_added`` of :func:`sptl.tl.annotate_zero_shot`.
+ZERO_SHOT = "zero_shot"
+#: Default ``key_added`` of :func:`sptl.tl.retrieve`.
+RETRIEVAL = "retrieval"
+
+
+def patch_coverage(key_added: str) -> str:
+    """``obs`` column with the fraction of each patch that lies inside the image."""
+    return f"{key_added}_coverage"
+
+
+def clip_embedding(key_added: str, modality: str) -> str:
+    """``obsm`` key of a CLIP embedding of one modality (``"image"`` or ``"expression"``)."""
+    return f"X_{key_added}_{modality}"
+
+
+def scores(key_added: str) -> str:
+    """``obsm`` key of per-class or per-neighbour scores (a DataFrame or an array)."""
+    return f"{key_added}_scores"
+
+
+def indices(key_added: str) -> str:
+    """``obsm`` key of the integer positions of retrieved neighbours."""
+    return f"{key_added}_indices"

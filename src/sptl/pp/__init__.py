@@ -1,5 +1,6 @@
 """Preprocessing: spatial graphs."""
 
 from ._graph import spatial_graph
+from ._patches import PatchDataset, extract_patches
 
-__all__ = ["spatial_graph"]
+__all__ = ["PatchDataset", "extract_patches", "spatial_graph"]
