@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,7 @@ from ._adapt import grad_reverse, mmd
 from ._base import TransferModel, labels_from_proba
 
 ENCODERS = ("gat", "sage", "gcn")
+SAMPLERS = ("auto", "tiles", "neighbor")
 ADAPTATIONS = ("mmd", "dann", "self_training")
 
 
@@ -123,8 +125,15 @@ class RelationalTransfer(TransferModel):
     weight_decay
         Weight decay (AdamW).
     tile_size
-        Largest number of nodes in one mini-batch: larger sections are cut into spatial tiles with a halo
-        of ``n_layers`` hops, so memory grows linearly with the number of cells.
+        Largest number of nodes in one mini-batch (seed nodes with ``sampler="neighbor"``): larger
+        sections are cut into spatial tiles with a halo of ``n_layers`` hops, so memory grows linearly
+        with the number of cells.
+    sampler
+        How training mini-batches are drawn: ``"tiles"`` (spatial tiles with a halo, needs nothing but
+        PyG), ``"neighbor"`` (PyG's :class:`~torch_geometric.loader.NeighborLoader` on random seed
+        nodes with their full ``n_layers``-hop neighbourhood; needs ``pyg-lib`` or ``torch-sparse``) or
+        ``"auto"`` (``"neighbor"`` when one of those imports, else ``"tiles"``). Prediction always uses
+        tiles with a halo, which is exact.
     device
         Torch device; ``None`` picks CUDA when available.
     seed
@@ -164,11 +173,19 @@ class RelationalTransfer(TransferModel):
         lr: float = 3e-3,
         weight_decay: float = 5e-4,
         tile_size: int = 50_000,
+        sampler: str = "auto",
         device: str | None = None,
         seed: int = 0,
     ) -> None:
         _validate.check_choice(encoder, "encoder", ENCODERS)
         _validate.check_choice(head, "head", ("linear", "cosine"))
+        _validate.check_choice(sampler, "sampler", SAMPLERS)
+        if sampler == "neighbor" and not _has_sampler():
+            msg = (
+                "`sampler='neighbor'` needs PyG's sampling backend: `pip install pyg-lib` (or torch-sparse) for"
+                " your torch version, or use `sampler='tiles'`."
+            )
+            raise ImportError(msg)
         adapt = [] if adaptation is None else [adaptation] if isinstance(adaptation, str) else list(adaptation)
         for a in adapt:
             _validate.check_choice(a, "adaptation", ADAPTATIONS)
@@ -201,6 +218,7 @@ class RelationalTransfer(TransferModel):
             lr=float(lr),
             weight_decay=float(weight_decay),
             tile_size=int(tile_size),
+            sampler=sampler,
             device=device,
             seed=int(seed),
         )
@@ -350,13 +368,7 @@ class RelationalTransfer(TransferModel):
         x, edge_index, offsets = _union(feats, graphs)
         domain = np.zeros(len(x), dtype=np.float32)
         domain[n_src:] = 1.0
-        tiles_per_section = [
-            [t + off for t in _tiles(c, p["tile_size"])] for c, off in zip(coords, offsets[:-1], strict=True)
-        ]
-        # every tile's subgraph (core + halo) is cut once and reused in every epoch
-        hops = p["n_layers"]
-        src_tiles = [_with_halo(t, edge_index, hops, len(x)) for tiles in tiles_per_section[:n_sources] for t in tiles]
-        tgt_tiles = [_with_halo(t, edge_index, hops, len(x)) for tiles in tiles_per_section[n_sources:] for t in tiles]
+        batches = self._batches(coords, offsets, edge_index, len(x), n_sources, rng)
         net = _Net(
             x.shape[1],
             len(self.classes_),
@@ -373,17 +385,15 @@ class RelationalTransfer(TransferModel):
         dt = torch.as_tensor(domain)
         wt = torch.as_tensor(spot_weights)
         cw = torch.as_tensor(self.class_weights_, device=device)
-        adapt = set(p["adaptation"]) if tgt_tiles else set()
+        adapt = set(p["adaptation"]) if n_src < len(x) else set()
         history: dict[str, list[float]] = {"loss": [], "classification": [], "adaptation": []}
         epochs = progress_bar(range(p["max_epochs"]), enabled=progress, desc="gnn transfer: train")
         for epoch in epochs:
             net.train()
             totals = np.zeros(3)
-            for i in rng.permutation(len(src_tiles)):
-                parts = [src_tiles[i]]
-                if tgt_tiles:
-                    parts.append(tgt_tiles[rng.integers(len(tgt_tiles))])
-                nodes, sub_ei, core_mask = _merge(parts)
+            n_batches = 0
+            for nodes, sub_ei, core_mask in batches():
+                n_batches += 1
                 xb, eb = xt[nodes].to(device), sub_ei.to(device)
                 yb, db, wb = yt[nodes].to(device), dt[nodes].to(device), wt[nodes].to(device)
                 cm = torch.as_tensor(core_mask, device=device)
@@ -413,11 +423,85 @@ class RelationalTransfer(TransferModel):
                 loss.backward()
                 opt.step()
                 totals += [float(loss.detach()), float(cls_loss.detach()), float(ad_loss.detach())]
-            n = max(len(src_tiles), 1)
+            n = max(n_batches, 1)
             for key, value in zip(("loss", "classification", "adaptation"), totals / n, strict=True):
                 history[key].append(round(float(value), 5))
         self.net_ = net.cpu().eval()
         return history
+
+    def _batches(
+        self,
+        coords: list[np.ndarray],
+        offsets: np.ndarray,
+        edge_index: torch.Tensor,
+        n_nodes: int,
+        n_sources: int,
+        rng: np.random.Generator,
+    ) -> Callable[[], Iterator[tuple[np.ndarray, torch.Tensor, np.ndarray]]]:
+        """A callable yielding one epoch of mini-batches ``(nodes, edge_index, core_mask)``.
+
+        Each batch holds source seed nodes and, when there are targets, target seed nodes, each with
+        its ``n_layers``-hop neighbourhood; losses are taken on the seeds (``core_mask``) only.
+        """
+        p = self.params
+        hops = p["n_layers"]
+        n_src = int(offsets[n_sources])
+        if p["sampler"] == "neighbor" or (p["sampler"] == "auto" and _has_sampler()):
+            from torch_geometric.data import Data
+            from torch_geometric.loader import NeighborLoader
+
+            data = Data(edge_index=edge_index, num_nodes=n_nodes)
+            gen = torch.Generator().manual_seed(p["seed"])
+
+            def loader(seeds: np.ndarray) -> Any:
+                return NeighborLoader(
+                    data,
+                    num_neighbors=[-1] * hops,
+                    input_nodes=torch.as_tensor(seeds),
+                    batch_size=p["tile_size"],
+                    shuffle=True,
+                    generator=gen,
+                )
+
+            src_loader = loader(np.arange(n_src))
+            tgt_loader = loader(np.arange(n_src, n_nodes)) if n_src < n_nodes else None
+
+            def part(batch: Any) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
+                nodes = batch.n_id.numpy()
+                mask = np.zeros(len(nodes), dtype=bool)
+                mask[: batch.batch_size] = True
+                return nodes, batch.edge_index, mask
+
+            def neighbor_epoch() -> Iterator[tuple[np.ndarray, torch.Tensor, np.ndarray]]:
+                tgt_iter = iter(tgt_loader) if tgt_loader is not None else None
+                for batch in src_loader:
+                    parts = [part(batch)]
+                    if tgt_iter is not None:
+                        try:
+                            tgt_batch = next(tgt_iter)
+                        except StopIteration:
+                            tgt_iter = iter(tgt_loader)
+                            tgt_batch = next(tgt_iter)
+                        parts.append(part(tgt_batch))
+                    yield _merge(parts)
+
+            return neighbor_epoch
+
+        tiles_per_section = [
+            [t + off for t in _tiles(c, p["tile_size"])] for c, off in zip(coords, offsets[:-1], strict=True)
+        ]
+        # every tile's subgraph (core + halo) is cut once and reused in every epoch
+        src_tiles = [_with_halo(t, edge_index, hops, n_nodes) for tiles in tiles_per_section[:n_sources] for t in tiles]
+        tgt_tiles = [_with_halo(t, edge_index, hops, n_nodes) for tiles in tiles_per_section[n_sources:] for t in tiles]
+
+        def tile_epoch() -> Iterator[tuple[np.ndarray, torch.Tensor, np.ndarray]]:
+            for i in rng.permutation(len(src_tiles)):
+                parts = [src_tiles[i]]
+                if tgt_tiles:
+                    parts.append(tgt_tiles[rng.integers(len(tgt_tiles))])
+                yield _merge(parts)
+
+        return tile_epoch
 
     # -- inference ----------------------------------------------------------------------------------
     def _forward(
@@ -547,6 +631,13 @@ class RelationalTransfer(TransferModel):
             msg = f"The checkpoint's network weights do not fit a {type(self).__name__} with these parameters: {e}"
             raise ValueError(msg) from e
         self.net_ = net.eval()
+
+
+def _has_sampler() -> bool:
+    """Whether PyG can sample neighbourhoods here (pyg-lib or torch-sparse imports)."""
+    import torch_geometric.typing as pyg_typing
+
+    return bool(pyg_typing.WITH_PYG_LIB or pyg_typing.WITH_TORCH_SPARSE)
 
 
 def _union(feats: list[np.ndarray], graphs: list[sparse.csr_matrix]) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
