@@ -106,3 +106,14 @@ def scores(key_added: str) -> str:
 def indices(key_added: str) -> str:
     """``obsm`` key of the integer positions of retrieved neighbours."""
     return f"{key_added}_indices"
+
+
+# -- domain shift, instance weights, transferability (issue 6) ---------------------------------------
+#: Default ``key_added`` of :func:`sptl.tl.domain_shift` (``uns``).
+SHIFT = "sptl_shift"
+#: Default ``key_added`` of :func:`sptl.tl.instance_weights` (``obs`` of the source).
+WEIGHT = "sptl_weight"
+#: Default ``key_added`` of :func:`sptl.tl.transferability` (``uns`` of the target).
+TRANSFERABILITY = "sptl_transferability"
+#: Default ``key_added`` of :func:`sptl.tl.rank_sources` (``uns`` of the target).
+RANK_SOURCES = "sptl_sources"

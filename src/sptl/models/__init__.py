@@ -3,5 +3,6 @@
 from ._base import TransferModel
 from ._gnn import RelationalTransfer
 from ._knn import KNNTransfer
+from ._tradaboost import TrAdaBoost
 
-__all__ = ["KNNTransfer", "RelationalTransfer", "TransferModel"]
+__all__ = ["KNNTransfer", "RelationalTransfer", "TrAdaBoost", "TransferModel"]

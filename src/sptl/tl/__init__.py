@@ -2,6 +2,8 @@
 
 from ._align import align_slices
 from ._histology import embed_histology
+from ._shift import domain_shift
 from ._transfer import transfer_labels
+from ._weights import instance_weights
 
-__all__ = ["align_slices", "embed_histology", "transfer_labels"]
+__all__ = ["align_slices", "domain_shift", "embed_histology", "instance_weights", "transfer_labels"]
