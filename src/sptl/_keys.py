@@ -117,3 +117,22 @@ WEIGHT = "sptl_weight"
 TRANSFERABILITY = "sptl_transferability"
 #: Default ``key_added`` of :func:`sptl.tl.rank_sources` (``uns`` of the target).
 RANK_SOURCES = "sptl_sources"
+
+
+# -- multiple-instance learning and tiling (sptl.tl.mil, sptl.models.ABMIL, sptl.pp.tile_image / tile_spots) --
+#: Default ``key_added`` of :func:`sptl.tl.mil`.
+MIL = "sptl_mil"
+#: Default ``key_added`` of :func:`sptl.pp.tile_spots` (the ``obs`` column of region / bag ids).
+TILE_SPOTS = "sptl_tile"
+#: ``obs`` column of :func:`sptl.pp.tile_image` with the slide each tile comes from.
+SLIDE = "slide"
+
+
+def attention(key_added: str) -> str:
+    """``obs`` column with each instance's attention weight within its bag (MIL)."""
+    return f"{key_added}_attention"
+
+
+def instance_probabilities(key_added: str) -> str:
+    """``obsm`` key of per-instance class probabilities (a DataFrame, one column per class; MIL)."""
+    return f"{key_added}_instance_probabilities"

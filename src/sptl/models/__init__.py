@@ -1,8 +1,9 @@
 """Trainable transfer models (``fit`` / ``predict`` / ``save`` / ``load``)."""
 
+from ._abmil import ABMIL
 from ._base import TransferModel
 from ._gnn import RelationalTransfer
 from ._knn import KNNTransfer
 from ._tradaboost import TrAdaBoost
 
-__all__ = ["KNNTransfer", "RelationalTransfer", "TrAdaBoost", "TransferModel"]
+__all__ = ["ABMIL", "KNNTransfer", "RelationalTransfer", "TrAdaBoost", "TransferModel"]
