@@ -108,6 +108,11 @@ def indices(key_added: str) -> str:
     return f"{key_added}_indices"
 
 
+def rank(key_added: str) -> str:
+    """``obs`` column with the rank of each observation's own partner among retrieved matches (1 = best)."""
+    return f"{key_added}_rank"
+
+
 # -- domain shift, instance weights, transferability (issue 6) ---------------------------------------
 #: Default ``key_added`` of :func:`sptl.tl.domain_shift` (``uns``).
 SHIFT = "sptl_shift"

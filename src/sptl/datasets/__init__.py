@@ -5,6 +5,7 @@ from ._cscc import cscc_st
 from ._dlpfc import DLPFC_LAYERS, DLPFC_SAMPLES, dlpfc
 from ._her2st import HER2ST_LABELLED, HER2ST_SECTIONS, her2st
 from ._mouse_cortex import mouse_cortex_merfish, mouse_cortex_smfish
+from ._synthetic import synthetic_tissue
 from ._visium import PROSTATE_SAMPLES, visium_dentate_gyrus, visium_fixture, visium_prostate
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "her2st",
     "mouse_cortex_merfish",
     "mouse_cortex_smfish",
+    "synthetic_tissue",
     "visium_dentate_gyrus",
     "visium_fixture",
     "visium_prostate",

@@ -2,8 +2,9 @@
 
 from ._abmil import ABMIL
 from ._base import TransferModel
+from ._clip import SpatialCLIP
 from ._gnn import RelationalTransfer
 from ._knn import KNNTransfer
 from ._tradaboost import TrAdaBoost
 
-__all__ = ["ABMIL", "KNNTransfer", "RelationalTransfer", "TrAdaBoost", "TransferModel"]
+__all__ = ["ABMIL", "KNNTransfer", "RelationalTransfer", "SpatialCLIP", "TrAdaBoost", "TransferModel"]

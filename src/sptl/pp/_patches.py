@@ -40,8 +40,8 @@ class PatchDataset(torch.utils.data.Dataset):
     Parameters
     ----------
     image
-        ``(height, width, 3 or 4)`` array (``uint8`` or float in [0, 1]; an alpha channel is dropped) or the
-        path of an image file.
+        ``(height, width, 3 or 4)`` array or array-like such as zarr (``uint8``, ``uint16`` or float in
+        [0, 1]; an alpha channel is dropped) or the path of an image file.
     centers
         ``(n, 2)`` patch centres (x = column, y = row) in pixels of ``image``.
     patch_size_px
@@ -72,8 +72,9 @@ class PatchDataset(torch.utils.data.Dataset):
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         names: list[str] | None = None,
     ) -> None:
-        self._image = image if isinstance(image, np.ndarray) else None
-        self.image_path = None if isinstance(image, np.ndarray) else str(image)
+        is_path = isinstance(image, str | os.PathLike)
+        self._image = None if is_path else image
+        self.image_path = str(image) if is_path else None
         self.centers = np.asarray(centers, dtype=np.float64)
         self.side = max(1, round(float(patch_size_px)))
         self.size = self.side if size is None else int(size)
@@ -83,14 +84,21 @@ class PatchDataset(torch.utils.data.Dataset):
         self.names = names
 
     @property
-    def image(self) -> np.ndarray:
-        """The image (read from :attr:`image_path` on first access)."""
+    def image(self) -> Any:
+        """The image (opened from :attr:`image_path` on first access)."""
         if self._image is None:
             self._image = read_image(self.image_path)
         return self._image
 
     def __len__(self) -> int:
         return len(self.centers)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # worker processes reopen an image file themselves instead of receiving an open handle
+        state = dict(self.__dict__)
+        if self.image_path is not None:
+            state["_image"] = None
+        return state
 
     def __getitem__(self, i: int) -> torch.Tensor:
         crop = crop_patch(self.image, self.centers[i], self.side, self.border)
@@ -403,39 +411,47 @@ def _uns_image(
     return library_id, img_key, img, spatial[library_id].get("scalefactors", {})
 
 
-def check_image(image: Any, where: str) -> np.ndarray:
-    """Return ``image`` as an ``(h, w, 3 or 4)`` array of ``uint8`` or float in [0, 1], or raise."""
-    if not isinstance(image, np.ndarray):
+def check_image(image: Any, where: str) -> Any:
+    """Return ``image`` if it is an ``(h, w, 3 or 4)`` RGB(A) array or array-like; raise otherwise.
+
+    Accepted dtypes: ``uint8``, ``uint16`` and float in [0, 1]; array-likes (zarr) stay lazy.
+    """
+    if not (hasattr(image, "shape") and hasattr(image, "dtype") and hasattr(image, "__getitem__")):
         try:
             image = np.asarray(image)
         except Exception as e:
             msg = f"{where} must be an image array, got {type(image).__name__}."
             raise TypeError(msg) from e
-    if image.ndim != 3 or image.shape[2] not in (3, 4):
+    shape = tuple(image.shape)
+    if len(shape) != 3 or shape[2] not in (3, 4):
         msg = (
-            f"{where} has shape {image.shape}: expected (height, width, 3) RGB or (height, width, 4) RGBA;"
+            f"{where} has shape {shape}: expected (height, width, 3) RGB or (height, width, 4) RGBA;"
             " convert greyscale or multiplexed images to RGB first."
         )
         raise ValueError(msg)
-    if image.dtype == np.uint8:
+    dtype = np.dtype(image.dtype)
+    if dtype in (np.uint8, np.uint16) or np.issubdtype(dtype, np.floating):
         return image
-    if image.dtype == np.uint16:
-        return image
-    if np.issubdtype(image.dtype, np.floating):
-        return image
-    msg = f"{where} has dtype {image.dtype}: expected uint8 (0-255), uint16 or float in [0, 1]."
+    msg = f"{where} has dtype {dtype}: expected uint8 (0-255), uint16 or float in [0, 1]."
     raise TypeError(msg)
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file (TIFF memory-mapped when possible) and check it is RGB(A)."""
+def read_image(path: str | os.PathLike) -> Any:
+    """Open an image file and check it is RGB(A).
+
+    TIFF files are opened by region (tifffile + zarr), so a whole-slide TIFF is never read at once;
+    other formats are read into memory with PIL.
+    """
     path = Path(path)
-    if path.suffix.lower() in (".tif", ".tiff"):
+    if path.suffix.lower() in (".tif", ".tiff", ".btf"):
         import tifffile
 
         try:
-            img = tifffile.memmap(path, mode="r")
-        except (ValueError, OSError):
+            import zarr
+
+            tif = tifffile.TiffFile(path)
+            img = zarr.open(tif.series[0].aszarr(level=0), mode="r")
+        except (ImportError, ValueError, OSError, KeyError):
             img = tifffile.imread(path)
     else:
         from PIL import Image
@@ -487,7 +503,10 @@ def fit_macenko(
     image: np.ndarray, *, beta: float = 0.15, alpha: float = 1.0, max_pixels: int = 1_000_000, seed: int = 0
 ) -> dict[str, np.ndarray]:
     """Fit the H&E stain matrix (3 x 2, optical density) and 99th percentile concentrations of an image."""
-    pixels = image.reshape(-1, image.shape[-1])
+    height, width = image.shape[:2]
+    step = max(1, int(np.ceil(np.sqrt(height * width / (4 * max_pixels)))))
+    thumb = np.asarray(image[::step, ::step])
+    pixels = thumb.reshape(-1, thumb.shape[-1])
     if len(pixels) > max_pixels:
         pixels = pixels[np.random.default_rng(seed).choice(len(pixels), max_pixels, replace=False)]
     od = _optical_density(_as_float_rgb(pixels[None])[0])

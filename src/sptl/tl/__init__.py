@@ -1,10 +1,22 @@
 """Tools: transfer results computed into the target AnnData."""
 
 from ._align import align_slices
+from ._clip import annotate_zero_shot, embed_clip, predict_expression, retrieve
 from ._histology import embed_histology
 from ._mil import mil
 from ._shift import domain_shift
 from ._transfer import transfer_labels
 from ._weights import instance_weights
 
-__all__ = ["align_slices", "domain_shift", "embed_histology", "instance_weights", "mil", "transfer_labels"]
+__all__ = [
+    "align_slices",
+    "annotate_zero_shot",
+    "domain_shift",
+    "embed_clip",
+    "embed_histology",
+    "instance_weights",
+    "mil",
+    "predict_expression",
+    "retrieve",
+    "transfer_labels",
+]
