@@ -193,13 +193,12 @@ def align_slices(
             "allow_mirror": allow_mirror,
             "overlap": overlap,
             "max_iter": max_iter,
-            "search_size": 600,
+            "search_size": 300,
+            "n_local": n_local,
             "rng": rng,
         }
         if max(len(PA), len(PB)) > max_exact:
-            res = _align_ot.align_anchors(
-                XA, XB, PA, PB, a, b, n_anchors=n_anchors, n_local=n_local, n_refine=2, seed=seed, **common
-            )
+            res = _align_ot.align_anchors(XA, XB, PA, PB, a, b, n_anchors=n_anchors, n_refine=2, seed=seed, **common)
         else:
             res = _align_ot.align_exact(XA, XB, PA, PB, a, b, **common)
         pairs.append(res)
@@ -223,7 +222,7 @@ def align_slices(
             "rotation": R,
             "translation": t,
             "mirror": bool(np.linalg.det(R) < 0),
-            "angle": _angle(R),
+            "angle": _align_ot._rotation_angle(R),
             "slice": i,
             "matched_to": 1 if i == 0 else i - 1,
             "cost": float(pair.cost),
@@ -262,9 +261,3 @@ def _best_match(
     match = np.asarray(partners[best], dtype=object)
     match[top <= 1e-3 / n_spots] = None
     return match, np.clip(share, 0, 1)
-
-
-def _angle(R: np.ndarray) -> float:
-    """Angle (degrees, in [0, 360)) of the rotation part of ``R`` (after undoing a mirror of x)."""
-    Rr = R @ np.diag([-1.0, 1.0]) if np.linalg.det(R) < 0 else R
-    return float(np.degrees(np.arctan2(Rr[1, 0], Rr[0, 0])) % 360)

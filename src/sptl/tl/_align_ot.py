@@ -14,6 +14,7 @@ import ot
 from scipy import sparse
 from scipy.spatial import cKDTree
 from sklearn.cluster import MiniBatchKMeans
+from sklearn.neighbors import NearestNeighbors
 
 
 @dataclass
@@ -76,6 +77,29 @@ def procrustes(
     return R, cb - ca @ R.T
 
 
+def robust_procrustes(
+    PA: np.ndarray, PB: np.ndarray, plan: np.ndarray | sparse.spmatrix, *, mirror: bool | None, n_iter: int = 5
+) -> tuple[np.ndarray, np.ndarray]:
+    """Procrustes fit to each spot's best match, refitted without the matches it cannot explain.
+
+    Matches farther than ``max(2.5 x median residual, 1)`` (spot spacings) from their partner after the
+    fit are dropped and the fit repeated: spots outside the overlap of two sections are forced onto
+    wrong partners, and least squares would follow them.
+    """
+    W = top_per_row(plan).tocoo()
+    keep = np.ones(W.nnz, dtype=bool)
+    R, t = procrustes(PA, PB, W, mirror=mirror)
+    for _ in range(n_iter):
+        res = np.linalg.norm(apply(PA[W.row], R, t) - PB[W.col], axis=1)
+        new = res <= max(2.5 * float(np.median(res[keep])), 1.0)
+        if new.sum() < 3 or np.array_equal(new, keep):
+            break
+        keep = new
+        sub = sparse.csr_matrix((W.data[keep], (W.row[keep], W.col[keep])), shape=W.shape)
+        R, t = procrustes(PA, PB, sub, mirror=mirror)
+    return R, t
+
+
 def apply(P: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndarray:
     """Apply the rigid transform to points (rows)."""
     return P @ R.T + t
@@ -104,6 +128,66 @@ def _transport(a: np.ndarray, b: np.ndarray, C: np.ndarray, overlap: float) -> n
     return ot.partial.partial_wasserstein(a, b, C, m=overlap * min(a.sum(), b.sum()))
 
 
+def expression_pairs(XA: np.ndarray, XB: np.ndarray, k: int = 3) -> np.ndarray:
+    """Mutual nearest neighbours in expression space: candidate counterparts, ``(n_pairs, 2)`` indices."""
+    k = min(k, len(XA), len(XB))
+    ia = NearestNeighbors(n_neighbors=k).fit(XB).kneighbors(XA, return_distance=False)
+    ib = NearestNeighbors(n_neighbors=k).fit(XA).kneighbors(XB, return_distance=False)
+    rows = np.repeat(np.arange(len(XA)), k)
+    cols = ia.ravel()
+    mutual = (ib[cols] == rows[:, None]).any(axis=1)
+    return np.stack([rows[mutual], cols[mutual]], axis=1)
+
+
+def consensus(PA: np.ndarray, PB: np.ndarray, pairs: np.ndarray, R: np.ndarray, t: np.ndarray, tol: float) -> int:
+    """Number of candidate pairs that the transform brings within ``tol`` spot spacings of each other."""
+    if len(pairs) == 0:
+        return 0
+    res = np.linalg.norm(apply(PA[pairs[:, 0]], R, t) - PB[pairs[:, 1]], axis=1)
+    return int((res < tol).sum())
+
+
+def ransac_starts(
+    PA: np.ndarray,
+    PB: np.ndarray,
+    pairs: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    allow_mirror: bool,
+    n_trials: int = 1000,
+    tol: float = 1.5,
+    n_best: int = 2,
+) -> list[tuple[np.ndarray, np.ndarray, bool]]:
+    """Rigid transforms through two random candidate pairs (RANSAC) that the most other pairs agree with.
+
+    Independent of where the slices' centres lie, so it finds the transform when the sections only
+    partly overlap.
+    """
+    if len(pairs) < 3:
+        return []
+    src, dst = PA[pairs[:, 0]], PB[pairs[:, 1]]
+    s = rng.integers(0, len(pairs), size=(n_trials, 2))
+    s = s[s[:, 0] != s[:, 1]]
+    found = []
+    for mirror in (False, True) if allow_mirror else (False,):
+        F = np.diag([-1.0, 1.0]) if mirror else np.eye(2)
+        va = (src[s[:, 1]] - src[s[:, 0]]) @ F.T
+        vb = dst[s[:, 1]] - dst[s[:, 0]]
+        ok = np.linalg.norm(va, axis=1) >= 2 * tol
+        th = np.arctan2(vb[:, 1], vb[:, 0]) - np.arctan2(va[:, 1], va[:, 0])
+        c, si = np.cos(th), np.sin(th)
+        Rs = np.stack([np.stack([c, -si], -1), np.stack([si, c], -1)], -2) @ F  # (trials, 2, 2)
+        ts = dst[s[:, 0]] - np.einsum("tij,tj->ti", Rs, src[s[:, 0]])
+        moved = np.einsum("tij,pj->tpi", Rs, src) + ts[:, None, :]
+        inliers = (np.linalg.norm(moved - dst[None], axis=2) < tol).sum(axis=1)
+        inliers[~ok] = -1
+        for k in np.argsort(-inliers)[:n_best]:
+            if inliers[k] > 0:
+                found.append((inliers[k], Rs[k], ts[k], mirror))
+    found.sort(key=lambda f: -f[0])
+    return [(R, t, m) for _, R, t, m in found[:n_best]]
+
+
 def rigid_search(
     XA: np.ndarray,
     XB: np.ndarray,
@@ -116,38 +200,62 @@ def rigid_search(
     n_rotations: int,
     allow_mirror: bool,
     overlap: float,
+    search_size: int,
+    rng: np.random.Generator,
     n_iter: int = 6,
+    tol: float = 1.5,
 ) -> tuple[np.ndarray, np.ndarray, float, bool, list[dict]]:
-    """Best initial rigid transform of A onto B among rotations (and mirror images).
+    """Best initial rigid transform of A onto B.
 
-    For each start (``n_rotations`` angles, mirrored or not) the centred slices are matched by optimal
-    transport on expression plus spatial distance, the transform is refitted to the matches
-    (Procrustes, as in ICP) ``n_iter`` times, and the start with the lowest final cost wins.
+    Starts: ``n_rotations`` angles about the centres of mass (mirrored too when ``allow_mirror``) and
+    the best RANSAC transforms through pairs of spots that are mutual nearest neighbours in
+    expression. From each start, optimal transport on expression plus spatial distance and a
+    Procrustes refit alternate ``n_iter`` times (as in ICP) on at most ``search_size`` spots per slice.
+    The start whose result the most expression pairs agree with wins (then the lowest cost); a start
+    that more pairs agree with than its ICP result is kept as it is.
     """
-    M = _sqdist(XA, XB)
+    pairs = expression_pairs(XA, XB)
+    ia, ib = _subsample(len(PA), search_size, rng), _subsample(len(PB), search_size, rng)
+    sa, sb = a[ia] / a[ia].sum(), b[ib] / b[ib].sum()
+    XA_, XB_, PA_, PB_ = XA[ia], XB[ib], PA[ia], PB[ib]
+    M = _sqdist(XA_, XB_)
     M /= max(float(np.median(M)), 1e-12)
-    ca, cb = a @ PA / a.sum(), b @ PB / b.sum()
-    radius = max(np.sqrt(((PB - cb) ** 2).sum(axis=1).max()) / 4, 1.0)
-    history = []
-    best = None
+    ca, cb = sa @ PA_, sb @ PB_
+    radius = max(np.sqrt(((PB_ - cb) ** 2).sum(axis=1).max()) / 4, 1.0)
+    starts = []
     for mirror in (False, True) if allow_mirror else (False,):
         for angle in np.arange(n_rotations) * 360.0 / n_rotations:
             R = rotation(angle, mirror, PA.shape[1])
-            t = cb - ca @ R.T
-            r = radius
-            for _ in range(n_iter):
-                C = _fused_linear_cost(M, apply(PA, R, t), PB, alpha, r)
-                G = _transport(a, b, C, overlap)
-                R, t = procrustes(PA, PB, G, mirror=mirror)  # keep the handedness of the start
-                r = max(r / 2, 1.0)
-            C = _fused_linear_cost(M, apply(PA, R, t), PB, alpha, 1.0)
-            G = _transport(a, b, C, overlap)
-            cost = float((G * C).sum() / max(G.sum(), 1e-12))
-            history.append({"angle": float(angle), "mirror": mirror, "cost": cost})
-            if best is None or cost < best[2]:
-                best = (R, t, cost, mirror, float(angle))
-    R, t, cost, mirror, angle = best
+            starts.append(("grid", R, cb - ca @ R.T, mirror, radius))
+    for R, t, mirror in ransac_starts(PA, PB, pairs, rng, allow_mirror=allow_mirror, tol=tol):
+        starts.append(("ransac", R, t, mirror, 2.0))
+    history = []
+    best = None
+    for kind, R, t, mirror, r in starts:
+        R0, t0, agree0 = R, t, consensus(PA, PB, pairs, R, t, tol)
+        for _ in range(n_iter):
+            C = _fused_linear_cost(M, apply(PA_, R, t), PB_, alpha, r)
+            G = _transport(sa, sb, C, overlap)
+            R, t = procrustes(PA_, PB_, G, mirror=mirror)  # keep the handedness of the start
+            r = max(r / 2, 1.0)
+        C = _fused_linear_cost(M, apply(PA_, R, t), PB_, alpha, 1.0)
+        G = _transport(sa, sb, C, overlap)
+        cost = float((G * C).sum() / max(G.sum(), 1e-12))
+        agree = consensus(PA, PB, pairs, R, t, tol)
+        if agree0 > agree:  # ICP on the subsample drifted away from a start the expression pairs agree with
+            R, t, agree = R0, t0, agree0
+        angle = _rotation_angle(R)
+        history.append({"start": kind, "angle": angle, "mirror": mirror, "agreeing_pairs": agree, "cost": cost})
+        if best is None or (agree, -cost) > (best[2], -best[3]):
+            best = (R, t, agree, cost, mirror, angle)
+    R, t, _, _, mirror, angle = best
     return R, t, angle, mirror, history
+
+
+def _rotation_angle(R: np.ndarray) -> float:
+    """Angle (degrees, in [0, 360)) of the rotation part of ``R`` (after undoing a mirror of x)."""
+    Rr = R @ np.diag([-1.0, 1.0]) if np.linalg.det(R) < 0 else R
+    return float(np.degrees(np.arctan2(Rr[1, 0], Rr[0, 0])) % 360)
 
 
 def fgw_plan(
@@ -176,7 +284,17 @@ def fgw_plan(
         return np.asarray(G), float(log["fgw_dist"])
     m = overlap * min(a.sum(), b.sum())
     G, log = ot.gromov.partial_fused_gromov_wasserstein(
-        M, CA, CB, a, b, m=m, alpha=alpha, G0=G0 * (m / max(G0.sum(), 1e-12)), log=True, numItermax=max_iter, warn=False
+        M,
+        CA,
+        CB,
+        a,
+        b,
+        m=m,
+        alpha=alpha,
+        G0=G0 * (min(1.0, m / max(G0.sum(), 1e-12)) * (1 - 1e-9)),
+        log=True,
+        numItermax=max_iter,
+        warn=False,
     )
     return np.asarray(G), float(log["partial_fgw_dist"])
 
@@ -195,29 +313,75 @@ def align_exact(
     overlap: float,
     max_iter: int,
     search_size: int,
+    n_local: int,
     rng: np.random.Generator,
 ) -> PairResult:
-    """Rigid search (on at most ``search_size`` spots per slice), then FGW on all spots and a final Procrustes."""
-    ia, ib = _subsample(len(PA), search_size, rng), _subsample(len(PB), search_size, rng)
-    sa, sb = a[ia] / a[ia].sum() * a.sum(), b[ib] / b[ib].sum() * b.sum()
+    """Rigid search, then FGW on all spots (or local unbalanced transport for partial overlap) and Procrustes."""
     R, t, angle, mirror, history = rigid_search(
-        XA[ia],
-        XB[ib],
-        PA[ia],
-        PB[ib],
-        sa,
-        sb,
+        XA,
+        XB,
+        PA,
+        PB,
+        a,
+        b,
         alpha=0.5,
         n_rotations=n_rotations,
         allow_mirror=allow_mirror,
         overlap=overlap,
+        search_size=search_size,
+        rng=rng,
     )
+    if overlap < 1:
+        R, t, plan, cost = refine_local(
+            XA, XB, PA, PB, a, b, R, t, overlap=overlap, n_local=n_local, allow_mirror=allow_mirror, rng=rng
+        )
+        return PairResult(R=R, t=t, plan=plan, cost=cost, mode="exact", angle=angle, mirror=mirror, history=history)
     M = _sqdist(XA, XB)
     M /= max(float(np.median(M)), 1e-12)
     G0 = _transport(a, b, _fused_linear_cost(M, apply(PA, R, t), PB, 0.5, 1.0), overlap)
     G, cost = fgw_plan(XA, XB, PA, PB, a, b, G0, alpha=alpha, overlap=overlap, max_iter=max_iter)
-    R, t = procrustes(PA, PB, G, mirror=None if allow_mirror else False)
+    R, t = robust_procrustes(PA, PB, G, mirror=None if allow_mirror else False)
     return PairResult(R=R, t=t, plan=G, cost=cost, mode="exact", angle=angle, mirror=mirror, history=history)
+
+
+def refine_local(
+    XA: np.ndarray,
+    XB: np.ndarray,
+    PA: np.ndarray,
+    PB: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    R: np.ndarray,
+    t: np.ndarray,
+    *,
+    overlap: float,
+    n_local: int,
+    allow_mirror: bool,
+    rng: np.random.Generator,
+    n_refine: int = 2,
+) -> tuple[np.ndarray, np.ndarray, sparse.csr_matrix, float]:
+    """Alternate sparse local transport (:func:`local_plan`) and a robust Procrustes refit of the transform."""
+    escale = expression_scale(XA, XB, rng)
+    reg_m = None if overlap >= 1 else 1.0
+    kw = {"alpha": 0.5, "n_local": n_local, "expr_scale": escale, "radius": 1.0, "reg": 0.05, "reg_m": reg_m}
+    for _ in range(n_refine):
+        plan, _ = local_plan(XA, XB, apply(PA, R, t), PB, a, b, **kw)
+        R, t = robust_procrustes(PA, PB, plan, mirror=None if allow_mirror else False)
+    plan, cost = local_plan(XA, XB, apply(PA, R, t), PB, a, b, **kw)
+    return R, t, plan, cost
+
+
+def top_per_row(plan: np.ndarray | sparse.spmatrix) -> sparse.csr_matrix:
+    """Keep only each row's largest entry: the best matches, weighted by their mass.
+
+    When the slices differ in size a spot's mass spreads over a few neighbours of its counterpart;
+    fitting the transform to the best matches alone keeps that spread from pulling it.
+    """
+    P = sparse.csr_matrix(plan)
+    best = np.asarray(P.argmax(axis=1)).ravel()
+    top = np.asarray(P.max(axis=1).todense()).ravel()
+    rows = np.flatnonzero(top > 0)
+    return sparse.csr_matrix((top[rows], (rows, best[rows])), shape=P.shape)
 
 
 def _subsample(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -258,7 +422,7 @@ def local_plan(
     reg: float,
     reg_m: float | None,
     n_iter: int = 200,
-) -> sparse.csr_matrix:
+) -> tuple[sparse.csr_matrix, float]:
     """Entropic transport restricted to each A spot's ``n_local`` nearest B spots (sparse Sinkhorn).
 
     Memory and time grow linearly with the number of spots. ``reg_m`` relaxes the marginals
@@ -269,8 +433,7 @@ def local_plan(
     d, j = d.reshape(len(PAt), k), j.reshape(len(PAt), k)
     expr = ((XA[:, None, :] - XB[j]) ** 2).sum(axis=2) / expr_scale
     C = (1 - alpha) * expr + alpha * (d / radius) ** 2
-    C -= C.min(axis=1, keepdims=True)  # a constant per row is absorbed by the scaling u
-    Kv = np.exp(-C / reg)
+    Kv = np.exp(-(C - C.min(axis=1, keepdims=True)) / reg)  # a constant per row is absorbed by the scaling u
     rows = np.repeat(np.arange(len(PAt)), k)
     K = sparse.csr_matrix((Kv.ravel(), (rows, j.ravel())), shape=(len(PAt), len(PB)))
     KT = K.T.tocsr()
@@ -285,7 +448,10 @@ def local_plan(
             break
         v = v_new
     u = (a / np.maximum(K @ v, 1e-300)) ** power
-    return sparse.diags(u) @ K @ sparse.diags(v)
+    plan = (sparse.diags(u) @ K @ sparse.diags(v)).tocsr()
+    Cs = sparse.csr_matrix((C.ravel() + 0, (rows, j.ravel())), shape=K.shape)
+    cost = float(plan.multiply(Cs).sum() / max(plan.sum(), 1e-300))
+    return plan, cost
 
 
 def align_anchors(
@@ -311,11 +477,13 @@ def align_anchors(
     """Coarse-to-fine: FGW between anchors gives the rigid transform, sparse local transport refines it."""
     XcA, PcA, wA, _ = anchors(XA, PA, a, min(n_anchors, len(PA)), seed)
     XcB, PcB, wB, _ = anchors(XB, PB, b, min(n_anchors, len(PB)), seed)
+    # the anchors' own spacing is the unit of the coarse problem (tolerances are in spot spacings)
+    unit = float(np.median([spacing(PcA), spacing(PcB)]))
     coarse = align_exact(
         XcA,
         XcB,
-        PcA,
-        PcB,
+        PcA / unit,
+        PcB / unit,
         wA,
         wB,
         alpha=alpha,
@@ -324,48 +492,30 @@ def align_anchors(
         overlap=overlap,
         max_iter=max_iter,
         search_size=search_size,
+        n_local=n_local,
         rng=rng,
     )
-    R, t = coarse.R, coarse.t
-    escale = expression_scale(XA, XB, rng)
-    reg_m = None if overlap >= 1 else 1.0
-    radius = 1.0
-    plan = None
-    for _ in range(max(n_refine, 1)):
-        plan = local_plan(
-            XA,
-            XB,
-            apply(PA, R, t),
-            PB,
-            a,
-            b,
-            alpha=0.5,
-            n_local=n_local,
-            expr_scale=escale,
-            radius=radius,
-            reg=0.05,
-            reg_m=reg_m,
-        )
-        R, t = procrustes(PA, PB, plan, mirror=None if allow_mirror else False)
-    plan = local_plan(
+    coarse.t = coarse.t * unit
+    R, t, plan, cost = refine_local(
         XA,
         XB,
-        apply(PA, R, t),
+        PA,
         PB,
         a,
         b,
-        alpha=0.5,
+        coarse.R,
+        coarse.t,
+        overlap=overlap,
         n_local=n_local,
-        expr_scale=escale,
-        radius=radius,
-        reg=0.05,
-        reg_m=reg_m,
+        allow_mirror=allow_mirror,
+        rng=rng,
+        n_refine=n_refine,
     )
     return PairResult(
         R=R,
         t=t,
         plan=plan,
-        cost=coarse.cost,
+        cost=cost,
         mode="anchors",
         angle=coarse.angle,
         mirror=coarse.mirror,
