@@ -175,7 +175,7 @@ def _generate(
     # stain vectors of this section (batch effect)
     h_vec = np.clip(_H + stain_shift * rng.normal(0, 0.3, 3), 0.05, None)
     e_vec = np.clip(_E + stain_shift * rng.normal(0, 0.3, 3), 0.02, None)
-    intensity = 1 + stain_shift * rng.normal(0, 1, 2)
+    intensity = np.clip(1 + stain_shift * rng.normal(0, 1, 2), 0.5, 2.0)
 
     # texture per type
     h_conc = np.zeros((height, width))
