@@ -26,6 +26,7 @@ def her2st_bags():
     sptl.pp.tile_spots(adata, size=4, spatial_key="array", batch_key="section")
     cancer = (adata.obs["label"] == "invasive cancer").groupby(adata.obs["sptl_tile"], observed=True).transform("any")
     adata.obs["bag_label"] = pd.Series(np.where(cancer, "cancer", "no cancer"), index=cancer.index)
+    adata.obs.loc[adata.obs["sptl_tile"].isna(), "bag_label"] = np.nan  # spots in no bag
     return adata
 
 
