@@ -341,6 +341,12 @@ def align_exact(
     G0 = _transport(a, b, _fused_linear_cost(M, apply(PA, R, t), PB, 0.5, 1.0), overlap)
     G, cost = fgw_plan(XA, XB, PA, PB, a, b, G0, alpha=alpha, overlap=overlap, max_iter=max_iter)
     R, t = robust_procrustes(PA, PB, G, mirror=None if allow_mirror else False)
+    # with the slices in one frame, distances after the transform tell neighbouring spots apart where
+    # the Gromov-Wasserstein term (distances within each slice) cannot: match on both, refit
+    for _ in range(2):
+        G = _transport(a, b, _fused_linear_cost(M, apply(PA, R, t), PB, 0.5, 1.0), overlap)
+        R, t = robust_procrustes(PA, PB, G, mirror=None if allow_mirror else False)
+    G = _transport(a, b, _fused_linear_cost(M, apply(PA, R, t), PB, 0.5, 1.0), overlap)
     return PairResult(R=R, t=t, plan=G, cost=cost, mode="exact", angle=angle, mirror=mirror, history=history)
 
 

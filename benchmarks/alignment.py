@@ -1,0 +1,298 @@
+"""Slice alignment: sptl.tl.align_slices side by side with PASTE, in one run.
+
+(a) Known transform. Every PASTE breast section (``sptl.datasets.breast_st`` 1-4) and every labelled
+    HER2ST section (A1-F1) against a copy of itself moved by a known rigid transform: rotation drawn
+    in 0-180 degrees, mirrored in every second case, translated by (20, -7) spot spacings, jittered
+    by 0.1 spacing, 10% of the spots removed and counts thinned to 70% (binomial). Two cases per
+    section. Scores: share of moved spots whose best match is their true counterpart, median
+    displacement of the aligned spots from their counterparts (in spot spacings, in each method's
+    output frame), seconds, peak memory.
+(b) Consecutive sections. HER2ST patients A-D, each pair of consecutive sections (20 pairs):
+    PASTE's accuracy (share of transported mass between spots of the same study cluster,
+    ``obs['cluster']``), seconds.
+(c) Scale. Synthetic sections (grid of spots, Voronoi domains plus smooth gradients, 60 genes) of
+    n spots against a moved, resampled copy: seconds and peak memory of both, PASTE where it fits.
+
+Every alignment runs in a fresh worker process (sptl: this file with ``--worker``; PASTE:
+``benchmarks/peers/paste.py`` in ``.venv-paste``), which reports its wall time and its peak resident
+memory above the level reached once the data were read.
+
+Run: ``OMP_NUM_THREADS=1 python benchmarks/alignment.py`` (``--parts a b c``, ``--sizes``,
+``--paste-sizes``; PASTE's venv: ``bash benchmarks/peers/setup_paste.sh``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+# ---------------------------------------------------------------------------------------- data
+def spacing(coords: np.ndarray) -> float:
+    from scipy.spatial import cKDTree
+
+    d, _ = cKDTree(coords).query(coords, k=2)
+    return float(np.median(d[:, 1]))
+
+
+def moved_copy(adata, angle: float, mirror: bool, seed: int):
+    """Copy rotated (mirrored), shifted, jittered, 10% spots dropped, counts thinned to 70%."""
+    from scipy import sparse
+
+    rng = np.random.default_rng(seed)
+    keep = np.sort(rng.choice(adata.n_obs, round(0.9 * adata.n_obs), replace=False))
+    moved = adata[keep].copy()
+    X = sparse.csr_matrix(moved.X)
+    X.data = rng.binomial(X.data.astype(np.int64), 0.7).astype(np.float32)
+    X.eliminate_zeros()
+    moved.X = X
+    th = np.deg2rad(angle)
+    R = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]]) @ np.diag([-1.0 if mirror else 1.0, 1.0])
+    P = np.asarray(moved.obsm["spatial"], dtype=float)
+    unit = spacing(np.asarray(adata.obsm["spatial"], dtype=float))
+    moved.obsm["spatial"] = P @ R.T + np.array([20.0, -7.0]) * unit + rng.normal(0, 0.1 * unit, P.shape)
+    moved.obs_names = [f"moved_{n}" for n in moved.obs_names]
+    return moved, keep
+
+
+def synthetic_section(n: int, *, n_genes: int = 60, n_domains: int = 6, seed: int = 0):
+    """A square grid of about ``n`` spots with Voronoi domains and smooth gradients, Poisson counts."""
+    import anndata as ad
+    from scipy import sparse
+    from scipy.spatial import cKDTree
+
+    side = int(np.ceil(np.sqrt(n)))
+    grid = np.stack(np.meshgrid(np.arange(side), np.arange(side)), -1).reshape(-1, 2)[:n].astype(float)
+    layout = np.random.default_rng(1)
+    centres = layout.uniform(0, side, size=(4 * n_domains, 2))
+    owner = layout.integers(n_domains, size=len(centres))
+    domain = owner[cKDTree(centres).query(grid)[1]]
+    profile = layout.gamma(2.0, 1.0, size=(n_domains, n_genes))
+    waves = layout.uniform(0.5, 3, size=(n_genes, 2)) * 2 * np.pi / side
+    phase = layout.uniform(0, 2 * np.pi, n_genes)
+    gradient = np.exp(0.5 * np.sin(grid @ waves.T + phase))
+    rng = np.random.default_rng(seed)
+    counts = sparse.csr_matrix(rng.poisson(profile[domain] * gradient * 2).astype(np.int32))
+    adata = ad.AnnData(counts, var=pd.DataFrame(index=[f"gene{g}" for g in range(n_genes)]))
+    adata.obs_names = [f"s{i}" for i in range(len(grid))]
+    adata.obsm["spatial"] = grid
+    return adata
+
+
+# ------------------------------------------------------------------------------------ workers
+def sptl_worker(ref_path: str, moved_path: str, out_path: str, plan: bool) -> None:
+    """Run align_slices on two h5ad files in this process; same outputs as the PASTE worker."""
+    import resource
+    import time
+
+    import anndata as ad
+
+    import sptl
+
+    ref, moved = ad.read_h5ad(ref_path), ad.read_h5ad(moved_path)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
+    plans = sptl.tl.align_slices([ref, moved], return_plan=True, progress=False)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    match = ref.obs_names.get_indexer(moved.obs["spatial_aligned_match"].astype(object).fillna("").to_numpy())
+    out = {
+        "match": match,
+        "match_mass": moved.obs["spatial_aligned_match_mass"].to_numpy(),
+        "aligned_ref": ref.obsm["spatial_aligned"],
+        "aligned_moved": moved.obsm["spatial_aligned"],
+        "seconds": seconds,
+        "peak_mb": peak - base,
+        "mode": moved.uns["spatial_aligned"]["mode"],
+    }
+    if plan:
+        from scipy import sparse
+
+        P = sparse.coo_matrix(plans[0])
+        out.update(plan_row=P.row, plan_col=P.col, plan_val=P.data, plan_shape=np.array(P.shape))
+    np.savez_compressed(out_path, **out)
+
+
+def run_method(method: str, ref, moved, *, plan: bool = True, timeout: float = 1800) -> dict:
+    """Align ``moved`` onto ``ref`` with ``method`` ("sptl" or "paste") in a fresh process."""
+    if method == "paste":
+        from benchmarks.peers.paste import paste_align
+
+        res = paste_align(ref, moved, plan=plan, timeout=timeout)
+        if plan:
+            from scipy import sparse
+
+            res["plan"] = sparse.csr_matrix(res["plan"])
+        return res
+    with tempfile.TemporaryDirectory(prefix="sptl-align-") as tmp:
+        paths = [str(Path(tmp) / n) for n in ("ref.h5ad", "moved.h5ad", "out.npz")]
+        ref.write_h5ad(paths[0])
+        moved.write_h5ad(paths[1])
+        cmd = [sys.executable, __file__, "--worker", *paths] + ([] if plan else ["--no-plan"])
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        if run.returncode != 0:
+            msg = f"sptl worker failed: {run.stderr[-1500:]}"
+            raise RuntimeError(msg)
+        with np.load(paths[2], allow_pickle=False) as f:
+            res = {k: f[k] for k in f.files}
+    if plan:
+        from scipy import sparse
+
+        res["plan"] = sparse.csr_matrix(
+            (res["plan_val"], (res["plan_row"], res["plan_col"])), shape=tuple(res["plan_shape"])
+        )
+    return res
+
+
+def safe_run(method, ref, moved, **kw) -> dict | str:
+    try:
+        return run_method(method, ref, moved, **kw)
+    except Exception as e:  # a crashing peer is reported, not hidden
+        return f"{type(e).__name__}: {str(e).splitlines()[-1] if str(e) else ''}"[:200]
+
+
+# --------------------------------------------------------------------------------------- parts
+METHODS = ("sptl", "paste")
+
+
+def part_a() -> pd.DataFrame:
+    import sptl
+
+    sections = [(f"breast_st {i}", sptl.datasets.breast_st(i)) for i in sptl.datasets.BREAST_ST_SLICES]
+    sections += [(f"HER2ST {s}", sptl.datasets.her2st(s)) for s in sptl.datasets.HER2ST_LABELLED]
+    rng = np.random.default_rng(0)
+    rows = []
+    case = 0
+    for name, ref in sections:
+        unit = spacing(np.asarray(ref.obsm["spatial"], dtype=float))
+        for mirror in (False, True):
+            angle = float(rng.uniform(0, 180))
+            moved, keep = moved_copy(ref, angle, mirror, seed=case)
+            case += 1
+            for method in METHODS:
+                res = safe_run(method, ref, moved, plan=False)
+                row = {"section": name, "angle": round(angle), "mirror": mirror, "method": method}
+                if isinstance(res, str):
+                    row["error"] = res
+                else:
+                    disp = np.linalg.norm(res["aligned_moved"] - res["aligned_ref"][keep], axis=1) / unit
+                    row.update(
+                        matched=float((res["match"] == keep).mean()),
+                        displacement=float(np.median(disp)),
+                        seconds=float(res["seconds"]),
+                        peak_mb=float(res["peak_mb"]),
+                    )
+                rows.append(row)
+                print(row, flush=True)
+    return pd.DataFrame(rows)
+
+
+def part_b() -> pd.DataFrame:
+    import sptl
+    from sptl.metrics import alignment_accuracy
+
+    rows = []
+    for patient in "ABCD":
+        for i in range(1, 6):
+            ref, moved = sptl.datasets.her2st(f"{patient}{i}"), sptl.datasets.her2st(f"{patient}{i + 1}")
+            for method in METHODS:
+                res = safe_run(method, ref, moved, plan=True)
+                row = {"pair": f"{patient}{i + 1} -> {patient}{i}", "method": method}
+                if isinstance(res, str):
+                    row["error"] = res
+                else:
+                    acc = alignment_accuracy(res["plan"], moved.obs["cluster"], ref.obs["cluster"])
+                    row.update(accuracy=acc, seconds=float(res["seconds"]), peak_mb=float(res["peak_mb"]))
+                rows.append(row)
+                print(row, flush=True)
+    return pd.DataFrame(rows)
+
+
+def part_c(sizes: list[int], paste_sizes: list[int]) -> pd.DataFrame:
+    rows = []
+    for n in sorted(set(sizes) | set(paste_sizes)):
+        ref = synthetic_section(n, seed=0)
+        moved, keep = moved_copy(synthetic_section(n, seed=1), 30.0, False, seed=2)
+        for method in METHODS:
+            if n not in (sizes if method == "sptl" else paste_sizes):
+                continue
+            res = safe_run(method, ref, moved, plan=False, timeout=3600)
+            row = {"spots": n, "method": method}
+            if isinstance(res, str):
+                row["error"] = res
+            else:
+                disp = np.linalg.norm(res["aligned_moved"] - res["aligned_ref"][keep], axis=1)
+                row.update(
+                    seconds=float(res["seconds"]),
+                    peak_mb=float(res["peak_mb"]),
+                    matched=float((res["match"] == keep).mean()),
+                    displacement=float(np.median(disp)),
+                    mode=str(res.get("mode", "")),
+                )
+            rows.append(row)
+            print(row, flush=True)
+    return pd.DataFrame(rows)
+
+
+def exponent(df: pd.DataFrame, method: str) -> float:
+    """Slope of log(seconds) against log(spots) between the smallest and largest size run."""
+    d = df[(df["method"] == method) & df["seconds"].notna()].sort_values("spots")
+    if len(d) < 2:
+        return float("nan")
+    return float(np.polyfit(np.log(d["spots"]), np.log(d["seconds"]), 1)[0])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    p.add_argument("--parts", nargs="*", default=["a", "b", "c"])
+    p.add_argument("--sizes", nargs="*", type=int, default=[1_000, 10_000, 100_000])
+    p.add_argument("--paste-sizes", nargs="*", type=int, default=[1_000, 2_500])
+    p.add_argument("--out", default=None, help="folder for the per-case tables (csv)")
+    p.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    p.add_argument("--no-plan", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        sptl_worker(*args.worker, plan=not args.no_plan)
+        return
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    out = Path(args.out) if args.out else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+    pd.set_option("display.width", 200)
+    if "a" in args.parts:
+        a = part_a()
+        if out:
+            a.to_csv(out / "alignment_a.csv", index=False)
+        print("\n(a) known transform, 20 cases")
+        print(a.groupby("method")[["matched", "displacement", "seconds", "peak_mb"]].agg(["mean", "median", "min"]))
+        print("failures:", a.get("error", pd.Series(dtype=object)).notna().groupby(a["method"]).sum().to_dict())
+    if "b" in args.parts:
+        b = part_b()
+        if out:
+            b.to_csv(out / "alignment_b.csv", index=False)
+        print("\n(b) consecutive HER2ST sections, 20 pairs")
+        print(b.groupby("method")[["accuracy", "seconds"]].agg(["mean", "median"]))
+        wide = b.pivot(index="pair", columns="method", values="accuracy")
+        print("pairs where sptl > paste:", int((wide["sptl"] > wide["paste"]).sum()), "of", len(wide))
+    if "c" in args.parts:
+        c = part_c(args.sizes, args.paste_sizes)
+        if out:
+            c.to_csv(out / "alignment_c.csv", index=False)
+        print("\n(c) scale")
+        print(c.to_string(index=False))
+        print(json.dumps({m: exponent(c, m) for m in METHODS}))
+
+
+if __name__ == "__main__":
+    main()
