@@ -21,21 +21,21 @@ def run(source, target, **kw):
 
 
 def test_pair_f1_to_d1_reaches_measured_floor(her2st):
-    # measured at 0.729 accuracy, 0.577 macro-F1 (seed 0)
+    # measured at 0.792 accuracy, 0.663 macro-F1 (seed 0; 0.655 / 0.520 without label spreading)
     scores = run(her2st("F1"), her2st("D1"))
-    assert scores["accuracy"] >= 0.68
-    assert scores["macro_f1"] >= 0.52
+    assert scores["accuracy"] >= 0.75
+    assert scores["macro_f1"] >= 0.62
     assert scores["n_scored"] == 255
 
 
 def test_all_cross_patient_pairs_mean_floor(her2st):
     # 30 ordered pairs of labelled sections from different patients;
-    # measured mean accuracy 0.541, mean macro-F1 0.433 (median 0.393)
+    # measured mean accuracy 0.615, mean macro-F1 0.462 (median 0.377)
     rows = [run(her2st(a), her2st(b)) for a, b in itertools.permutations(HER2ST_LABELLED, 2)]
     df = pd.DataFrame(rows)
     assert len(df) == 30
-    assert df["accuracy"].mean() >= 0.51
-    assert df["macro_f1"].mean() >= 0.40
+    assert df["accuracy"].mean() >= 0.58
+    assert df["macro_f1"].mean() >= 0.44
 
 
 def test_keys_written(her2st):
@@ -206,7 +206,7 @@ def test_gnn_method_writes_everything(her2st):
     hist = target.uns["gnn"]["history"]
     assert len(hist["loss"]) == 30 and max(hist["adaptation"]) > 0
     params = target.uns["gnn"]["params"]
-    assert params["method"] == "gnn" and params["adaptation"] == "dann" and params["smooth"] == 0.0
+    assert params["method"] == "gnn" and params["adaptation"] == "dann" and params["smooth"] == 0.8
     assert params["model_kwargs"] == {"max_epochs": 30}
     assert (target.obs.loc[target.obs["gnn"] == "unassigned", "gnn_confidence"] < 0.5).all()
 
@@ -220,6 +220,27 @@ def test_gnn_reproducible(her2st):
         )
         outs.append(target.obsm["sptl_label_probabilities"])
     pd.testing.assert_frame_equal(outs[0], outs[1])
+    # adaptation="auto" resolves to the benchmarked default for the gnn
+    assert target.uns["sptl_label"]["params"]["adaptation"] == ["dann", "self_training"]
+
+
+def test_label_spreading_keeps_probabilities_and_agrees_with_neighbours(her2st):
+    from sptl.pp._graph import build_graph
+    from sptl.tl._transfer import _propagate
+
+    target = her2st("D1")
+    sptl.tl.transfer_labels(her2st("F1"), target, label_key="label", smooth=0.0, progress=False)
+    proba = target.obsm["sptl_label_probabilities"]
+    graph = build_graph(np.asarray(target.obsm["spatial"]), n_neighs=6)[0]
+    spread = _propagate(proba, graph, 0.8)
+    np.testing.assert_allclose(spread.sum(axis=1), 1.0, atol=1e-5)
+    rows, cols = graph.nonzero()
+
+    def agreement(p):
+        lab = p.to_numpy().argmax(1)
+        return (lab[rows] == lab[cols]).mean()
+
+    assert agreement(spread) > agreement(proba) + 0.05
 
 
 @pytest.mark.parametrize("method", ["knn", "gnn"])
