@@ -3,6 +3,7 @@
 from ._align import align_slices
 from ._clip import annotate_zero_shot, embed_clip, predict_expression, retrieve
 from ._histology import embed_histology
+from ._integrate import integrate
 from ._mil import mil
 from ._shift import domain_shift
 from ._transfer import transfer_labels
@@ -15,6 +16,7 @@ __all__ = [
     "embed_clip",
     "embed_histology",
     "instance_weights",
+    "integrate",
     "mil",
     "predict_expression",
     "retrieve",
