@@ -127,6 +127,24 @@ def synthetic_tissue(
     return adata
 
 
+def gene_names(n: int) -> pd.Index:
+    """``n`` distinct word-like gene names (``"BAKETO"``...), the same for every seed, so sections share genes.
+
+    Names of syllables rather than numbers, so that gene sentences tokenise into a few word pieces as real
+    gene symbols do.
+    """
+    rng = np.random.default_rng(20240501)
+    consonants, vowels = list("BDFGKLMNPRSTVZ"), list("AEIOU")
+    names: list[str] = []
+    seen: set[str] = set()
+    while len(names) < n:
+        name = "".join(rng.choice(consonants) + rng.choice(vowels) for _ in range(3))
+        if name not in seen:
+            seen.add(name)
+            names.append(name)
+    return pd.Index(names)
+
+
 def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:
     """Smooth Gaussian random field with unit variance, correlation length ``scale`` pixels."""
     small = (max(2, int(shape[0] / scale * 4)), max(2, int(shape[1] / scale * 4)))
@@ -209,7 +227,7 @@ def _generate(
     # average cellularity over the spot disk
     cell_smooth = ndimage.uniform_filter(cell_map, size=spot_diameter)
     cellularity = cell_smooth[ix[:, 1], ix[:, 0]]
-    genes = pd.Index([f"G{g:04d}" for g in range(n_genes)])
+    genes = gene_names(n_genes)
     base = rng.lognormal(mean=0.0, sigma=1.0, size=n_genes) * 0.5
     effect = np.zeros((n_types, n_genes))
     markers = {}

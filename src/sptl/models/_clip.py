@@ -261,6 +261,7 @@ class SpatialCLIP(TransferModel):
         p = self.params
         pretrained = p["pretrained"] if load_pretrained else None
         text_model = None
+        torch.manual_seed(p["seed"])  # random initial weights depend on the seed only
         source, name = split_source(p["image_encoder"])
         if source == "open_clip":
             clip, cfg = create_open_clip(name, pretrained)
@@ -273,7 +274,6 @@ class SpatialCLIP(TransferModel):
                 text_model = clip
         else:
             visual = load_image_encoder(p["image_encoder"], pretrained)
-        torch.manual_seed(p["seed"])
         return _Net(
             visual,
             n_genes=n_genes,
