@@ -7,9 +7,11 @@ from ._integrate import integrate
 from ._mil import mil
 from ._shift import domain_shift
 from ._transfer import transfer_labels
+from ._transferability import NegativeTransferWarning, rank_sources, transferability
 from ._weights import instance_weights
 
 __all__ = [
+    "NegativeTransferWarning",
     "align_slices",
     "annotate_zero_shot",
     "domain_shift",
@@ -19,6 +21,8 @@ __all__ = [
     "integrate",
     "mil",
     "predict_expression",
+    "rank_sources",
     "retrieve",
     "transfer_labels",
+    "transferability",
 ]

@@ -199,7 +199,7 @@ def domain_probabilities(x: np.ndarray, y: np.ndarray, *, seed: int, n_folds: in
         msg = f"A domain classifier needs at least 2 spots on each side, got {len(x)} and {len(y)}."
         raise ValueError(msg)
     clf = RandomForestClassifier(
-        n_estimators=200, min_samples_leaf=5, class_weight="balanced", random_state=seed, n_jobs=1
+        n_estimators=50, min_samples_leaf=5, class_weight="balanced", random_state=seed, n_jobs=1
     )
     cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     return cross_val_predict(clf, z, d, cv=cv, method="predict_proba")[:, 1]

@@ -50,27 +50,55 @@ def kmm_weights(x: np.ndarray, y: np.ndarray, *, bound: float, seed: int) -> np.
     return np.clip(res.x, 0, bound)
 
 
-def kliep_weights(x: np.ndarray, y: np.ndarray, *, n_centers: int, seed: int, n_iter: int = 2000) -> np.ndarray:
+def kliep_weights(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    n_centers: int,
+    seed: int,
+    n_iter: int = 200,
+    scales: tuple[float, ...] = (0.03, 0.1, 0.3, 1.0),
+) -> np.ndarray:
     """KLIEP (Sugiyama et al. 2008): ``w(x) = sum_l alpha_l k(x, c_l)`` over target centres ``c_l``.
 
     Maximises the target log-likelihood of ``w`` under ``mean_source(w) = 1``, ``alpha >= 0``, by
-    projected gradient ascent.
+    projected gradient ascent. The Gaussian kernel's width (``scales`` times the median squared
+    distance) is chosen by the likelihood on held-out target spots (2-fold).
     """
     rng = np.random.default_rng(seed)
-    bw = median_bandwidth(x, y, rng)
+    med = median_bandwidth(x, y, rng)
     centers = y[rng.choice(len(y), min(n_centers, len(y)), replace=False)]
-    A = gaussian_kernel(y, centers, bw)
-    b = gaussian_kernel(x, centers, bw).mean(axis=0)
-    alpha = np.ones(len(centers))
-    alpha /= b @ alpha
-    step = 1e-3 / max(float(A.mean()), 1e-12)
-    for it in range(n_iter):
-        grad = A.T @ (1.0 / np.maximum(A @ alpha, 1e-12))
-        alpha = alpha + step / np.sqrt(1 + it) * grad / len(y)
-        alpha = alpha + (1 - b @ alpha) * b / (b @ b)
-        alpha = np.maximum(alpha, 0)
-        alpha /= max(b @ alpha, 1e-12)
-    return gaussian_kernel(x, centers, bw) @ alpha
+    half = rng.permutation(len(y))
+    folds = [half[: len(y) // 2], half[len(y) // 2 :]]
+    best, best_ll = scales[0], -np.inf
+    for s in scales:
+        ll = 0.0
+        for k in range(2):
+            alpha = _kliep_fit(_rbf(x, centers, s * med), _rbf(y[folds[k]], centers, s * med), n_iter)
+            ll += float(np.log(np.maximum(_rbf(y[folds[1 - k]], centers, s * med) @ alpha, 1e-12)).mean())
+        if ll > best_ll:
+            best, best_ll = s, ll
+    alpha = _kliep_fit(_rbf(x, centers, best * med), _rbf(y, centers, best * med), n_iter)
+    return _rbf(x, centers, best * med) @ alpha
+
+
+def _rbf(a: np.ndarray, b: np.ndarray, width: float) -> np.ndarray:
+    d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
+    return np.exp(-np.maximum(d, 0) / width)
+
+
+def _kliep_fit(Kx: np.ndarray, Ky: np.ndarray, n_iter: int) -> np.ndarray:
+    """KLIEP's ``alpha`` from the kernels of source (``Kx``) and target (``Ky``) spots to the centres.
+
+    With ``beta_l = alpha_l * mean_source(k(., c_l))`` the problem is a mixture-weight likelihood on the
+    simplex, solved by its EM (multiplicative) update, which increases the likelihood at every step.
+    """
+    b = np.maximum(Kx.mean(axis=0), 1e-12)
+    A = Ky / b
+    beta = np.full(A.shape[1], 1.0 / A.shape[1])
+    for _ in range(n_iter):
+        beta *= (A / np.maximum(A @ beta, 1e-300)[:, None]).mean(axis=0)
+    return beta / b
 
 
 @inject_docs
@@ -80,6 +108,7 @@ def instance_weights(
     /,
     *,
     method: str = "classifier",
+    batch_key: str | None = None,
     use_rep: str | None = None,
     layer: str | None = None,
     n_genes: int = 3000,
@@ -108,6 +137,9 @@ def instance_weights(
         ``"classifier"``: odds of a cross-fitted domain classifier (random forest);
         ``"kmm"``: kernel mean matching (quadratic in the number of source spots);
         ``"kliep"``: Kullback-Leibler importance estimation with Gaussian kernels on target centres.
+    batch_key
+        Column of ``source.obs`` that splits the source into sections; each is standardised on its own
+        (as :func:`sptl.tl.transfer_labels` does with ``batch_key``).
     use_rep
         Key in ``.obsm`` of both sections with a shared embedding to use instead of the joint PCA.
     {layer}
@@ -155,6 +187,7 @@ def instance_weights(
         raise ValueError(msg)
     params = {
         "method": method,
+        "batch_key": batch_key,
         "use_rep": use_rep,
         "layer": layer,
         "n_genes": n_genes,
@@ -164,17 +197,36 @@ def instance_weights(
         "min_shared_genes": min_shared_genes,
         "seed": seed,
     }
-    x, y = section_features(
-        [source, target],
-        ["source", "target"],
+    if batch_key is None:
+        parts, names, rows = [source], ["source"], [np.arange(source.n_obs)]
+    else:
+        if batch_key not in source.obs:
+            msg = f"`source.obs[{batch_key!r}]` not found (obs columns: {list(source.obs.columns)}): pass `batch_key=`."
+            raise KeyError(msg)
+        batches = source.obs[batch_key]
+        if batches.isna().any():
+            msg = (
+                f"`source.obs[{batch_key!r}]` has {int(batches.isna().sum())} missing values: every spot needs a batch."
+            )
+            raise ValueError(msg)
+        values = list(dict.fromkeys(batches))
+        rows = [np.flatnonzero((batches == b).to_numpy()) for b in values]
+        parts = [source[r] for r in rows]
+        names = [f"source.obs[{batch_key!r}] == {b!r}" for b in values]
+    *xs, y = section_features(
+        [*parts, target],
+        [*names, "target"],
         use_rep=use_rep,
         layer=layer,
         n_genes=n_genes,
         n_comps=n_comps,
-        n_sources=1,
+        n_sources=len(parts),
         min_shared_genes=min_shared_genes,
         seed=seed,
     )
+    x = np.empty((source.n_obs, y.shape[1]))
+    for r, xb in zip(rows, xs, strict=True):
+        x[r] = xb
     logg.info(f"weighting {source.n_obs} source spots by their resemblance to {target.n_obs} target spots ({method})")
     if method == "classifier":
         w = classifier_weights(x, y, seed=seed)

@@ -1,0 +1,210 @@
+"""Transfer diagnostics on HER2ST: do the unsupervised scores predict the real transfer quality?
+
+Every ordered pair of labelled HER2ST sections from different patients (30 pairs), as in
+``label_transfer.py``: scored on the target spots whose pathologist label the source has,
+``undetermined`` excluded.
+
+1. Spearman correlation, over the 30 pairs, between each score of :func:`sptl.tl.transferability`
+   (no target labels) and the real macro-F1 of :func:`sptl.tl.transfer_labels` (knn, defaults);
+   also the mean Spearman within each target (ranking the 5 candidate sources of one target, what
+   :func:`sptl.tl.rank_sources` does).
+2. Negative transfer, defined per pair as: the knn transfer's macro-F1 on the 95% held-out target
+   spots is below that of a class-balanced logistic regression trained on a random 5% of the target's
+   labelled spots (same joint PCA features). Share of pairs where each warning is right: the
+   unsupervised one (``score < min_score``) and the one with the 5% labels (``target_label_key=``).
+3. With 5% of the target's labels or importance weights, on the 95% held-out spots: unweighted knn
+   transfer, knn transfer with :func:`sptl.tl.instance_weights` (classifier / KMM / KLIEP),
+   :class:`sptl.models.TrAdaBoost` (logistic base, 20 rounds), a logistic regression on source + 5%
+   target pooled, and target-only training.
+
+Run: ``python benchmarks/diagnostics.py`` (about 10 minutes on 2 busy cores).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+import scanpy as sc
+from scipy.stats import spearmanr
+from sklearn.linear_model import LogisticRegression
+
+import sptl
+from sptl.datasets import HER2ST_LABELLED
+from sptl.metrics import label_scores
+
+EXCL = ["undetermined"]
+SHARE = 0.05
+SCORES = [
+    "score",
+    "expected_f1",
+    "coverage",
+    "source_f1",
+    "iw_source_accuracy",
+    "confidence",
+    "entropy",
+    "snd",
+    "mmd2",
+]
+LOWER_IS_BETTER = ("entropy", "mmd2")
+
+
+def few_labels(tgt, seed: int = 0) -> np.ndarray:
+    """Positions of a random 5% (at least 5) of the target's labelled, non-excluded spots."""
+    lab = tgt.obs["label"].astype(str)
+    pool = np.flatnonzero(~lab.isin([*EXCL, "nan"]).to_numpy())
+    n = max(5, round(SHARE * len(pool)))
+    return np.sort(np.random.default_rng(seed).choice(pool, n, replace=False))
+
+
+def knn(src, tgt, **kw) -> np.ndarray:
+    tgt = tgt.copy()
+    sptl.tl.transfer_labels(src, tgt, label_key="label", exclude=EXCL, progress=False, **kw)
+    return tgt.obs["sptl_label"].astype(str).to_numpy()
+
+
+def run_pair(src, tgt) -> dict:
+    classes = sorted(set(src.obs["label"].dropna().astype(str)) - set(EXCL))
+    truth = tgt.obs["label"].astype(object).to_numpy()
+    few = few_labels(tgt)
+    test = np.setdiff1d(np.arange(tgt.n_obs), few)
+
+    def f1(pred, rows=None):
+        rows = np.arange(tgt.n_obs) if rows is None else rows
+        return label_scores(truth[rows], np.asarray(pred)[rows], labels=classes)["macro_f1"]
+
+    row: dict = {}
+    pred = knn(src, tgt)
+    row["f1"] = f1(pred)
+    row["knn"] = f1(pred, test)
+
+    # unsupervised scores, then with the 5% labels
+    t = tgt.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sptl.tl.NegativeTransferWarning)
+        sptl.tl.transferability(src, t, label_key="label", exclude=EXCL)
+        res = t.uns["sptl_transferability"]
+        row.update(res["scores"])
+        row["warn_unsup"] = res["negative_transfer"]
+        t.obs["few"] = pd.Series(truth, index=t.obs_names).where(np.isin(np.arange(t.n_obs), few))
+        sptl.tl.transferability(src, t, label_key="label", exclude=EXCL, target_label_key="few")
+        row["warn_5pct"] = t.uns["sptl_transferability"]["negative_transfer"]
+
+    # features shared by the array-based learners: the knn transfer's joint PCA
+    model = sptl.models.KNNTransfer().fit(src, label_key="label", target=tgt, exclude=EXCL, progress=False)
+    Xs, Xt = model.transform(src), model.transform(tgt)
+    ys = src.obs["label"].astype(object).where(~src.obs["label"].astype(str).isin([*EXCL, "nan"]), None)
+    keep = ys.notna().to_numpy()
+    ys = ys.to_numpy()
+    yt = truth[few].astype(str)
+    if len(set(yt)) > 1:
+        own = LogisticRegression(max_iter=1000, class_weight="balanced").fit(Xt[few], yt).predict(Xt)
+    else:
+        own = np.repeat(yt[0], tgt.n_obs)
+    row["target only (5%)"] = f1(own, test)
+    row["negative"] = row["knn"] < row["target only (5%)"]
+    pooled = LogisticRegression(max_iter=1000, class_weight="balanced")
+    pooled.fit(np.vstack([Xs[keep], Xt[few]]), np.r_[ys[keep].astype(str), yt])
+    row["logreg source + 5% target"] = f1(pooled.predict(Xt), test)
+    boost = sptl.models.TrAdaBoost().fit(Xs, ys, Xt[few], yt)
+    row["TrAdaBoost (5%)"] = f1(boost.predict(Xt), test)
+
+    for method in ("classifier", "kmm", "kliep"):
+        s = src.copy()
+        sptl.tl.instance_weights(s, tgt, method=method)
+        row[f"knn + {method} weights"] = f1(knn(s, tgt, weights_key="sptl_weight"), test)
+    return row
+
+
+def main() -> pd.DataFrame:
+    sc.settings.verbosity = 0
+    data = {s: sptl.datasets.her2st(s) for s in HER2ST_LABELLED}
+    rows = []
+    for a, b in itertools.permutations(HER2ST_LABELLED, 2):
+        start = time.perf_counter()
+        row = {"source": a, "target": b, **run_pair(data[a], data[b])}
+        row["seconds"] = time.perf_counter() - start
+        rows.append(row)
+        print(f"{a}->{b}: f1 {row['f1']:.3f} score {row['score']:.3f} ({row['seconds']:.0f}s)", flush=True)
+    df = pd.DataFrame(rows)
+    print(f"\nHER2ST transfer diagnostics, {len(df)} ordered cross-patient pairs\n")
+    print(_md(score_table(df)))
+    print()
+    print(_md(warning_table(df)))
+    print()
+    print(_md(method_table(df)))
+    return df
+
+
+def score_table(df: pd.DataFrame) -> pd.DataFrame:
+    out = []
+    for s in SCORES:
+        sign = -1 if s in LOWER_IS_BETTER else 1
+        rho = spearmanr(sign * df[s], df["f1"])[0]
+        within = [spearmanr(sign * g[s], g["f1"])[0] for _, g in df.groupby("target")]
+        top1 = np.mean([g.loc[(sign * g[s]).idxmax(), "f1"] == g["f1"].max() for _, g in df.groupby("target")])
+        out.append(
+            {
+                "score": s + (" (lower is better)" if sign < 0 else ""),
+                "Spearman with macro-F1 (30 pairs)": rho,
+                "mean Spearman within target (5 sources)": np.nanmean(within),
+                "best source picked (of 6 targets)": top1,
+            }
+        )
+    return pd.DataFrame(out).set_index("score")
+
+
+def warning_table(df: pd.DataFrame) -> pd.DataFrame:
+    truth = df["negative"].astype(bool)
+    out = []
+    for col, name in (("warn_unsup", "no target labels: score < min_score"), ("warn_5pct", "5% target labels")):
+        w = df[col].astype(bool)
+        out.append(
+            {
+                "warning": name,
+                "pairs with negative transfer": int(truth.sum()),
+                "warnings raised": int(w.sum()),
+                "share right": float((w == truth).mean()),
+                "precision": float((w & truth).sum() / max(w.sum(), 1)),
+                "recall": float((w & truth).sum() / max(truth.sum(), 1)),
+            }
+        )
+    return pd.DataFrame(out).set_index("warning")
+
+
+def method_table(df: pd.DataFrame) -> pd.DataFrame:
+    methods = [
+        "knn",
+        "knn + classifier weights",
+        "knn + kmm weights",
+        "knn + kliep weights",
+        "TrAdaBoost (5%)",
+        "logreg source + 5% target",
+        "target only (5%)",
+    ]
+    out = []
+    for m in methods:
+        out.append(
+            {
+                "method": m,
+                "mean macro-F1 (95% held out)": df[m].mean(),
+                "median": df[m].median(),
+                "pairs above knn": int((df[m] > df["knn"] + 1e-9).sum()) if m != "knn" else np.nan,
+                "pairs below knn": int((df[m] < df["knn"] - 1e-9).sum()) if m != "knn" else np.nan,
+            }
+        )
+    return pd.DataFrame(out).set_index("method")
+
+
+def _md(df: pd.DataFrame) -> str:
+    try:
+        return df.round(3).to_markdown()
+    except ImportError:
+        return df.round(3).to_string()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,531 @@
+"""Will a transfer work? Scores of a source -> target label transfer that need no target labels."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from time import perf_counter
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scanpy import logging as logg
+from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score
+from sklearn.model_selection import KFold, StratifiedKFold
+
+from .. import _keys, _validate
+from .._docs import inject_docs
+from ..models._knn import KNNTransfer
+from ..pp._graph import build_graph
+from ._shift import mmd_test
+from ._transfer import _smooth
+from ._weights import kliep_weights, normalize_weights
+
+#: Fewest labelled target spots (and per class, for the cross-validation) to compare with target-only training.
+MIN_TARGET_LABELS = 5
+#: Classes predicted for less than this share of the spots are left out of the expected macro-F1.
+MIN_CLASS_SHARE = 0.02
+#: Scores where larger means a better transfer; the others (entropy, mmd2) are better when smaller.
+LOWER_IS_BETTER = ("entropy", "mmd2")
+
+
+class NegativeTransferWarning(UserWarning):
+    """The transfer is likely to do worse than not transferring (or than training on the target alone)."""
+
+
+def _vote(model: KNNTransfer, query: np.ndarray, *, exclude_self: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The knn vote of :class:`KNNTransfer` (class-balanced, cosine-weighted) and each query's mean similarity."""
+    S = query @ model.source_embedding_.T
+    if exclude_self:
+        np.fill_diagonal(S, -np.inf)
+    k = min(model.params["n_neighbors"], model.source_embedding_.shape[0] - int(exclude_self))
+    idx = np.argpartition(-S, k - 1, axis=1)[:, :k]
+    sim = np.take_along_axis(S, idx, axis=1)
+    onehot = np.eye(len(model.classes_), dtype=np.float32)[model.source_codes_] * model.class_weights_
+    votes = (sim.clip(0)[:, :, None] * onehot[idx]).sum(1)
+    total = votes.sum(1, keepdims=True)
+    proba = np.where(total > 0, votes / np.maximum(total, 1e-12), 1 / votes.shape[1])
+    return proba, sim.mean(axis=1)
+
+
+def _smoothed(proba: np.ndarray, coords: np.ndarray | None, weight: float) -> np.ndarray:
+    if coords is None or weight == 0 or len(proba) < 2:
+        return proba
+    graph = build_graph(coords, n_neighs=min(6, len(proba) - 1))[0]
+    return _smooth(pd.DataFrame(proba), graph, weight).to_numpy()
+
+
+def _entropy(p: np.ndarray) -> np.ndarray:
+    return -(p * np.log(np.clip(p, 1e-12, None))).sum(axis=1)
+
+
+def soft_neighborhood_density(proba: np.ndarray, temperature: float = 0.05, max_n: int = 3000) -> float:
+    """Soft neighbourhood density (Saito et al. 2021): larger when target predictions form dense clusters."""
+    if len(proba) > max_n:
+        proba = proba[np.random.default_rng(0).choice(len(proba), max_n, replace=False)]
+    p = proba / np.maximum(np.linalg.norm(proba, axis=1, keepdims=True), 1e-12)
+    S = p @ p.T
+    np.fill_diagonal(S, -np.inf)
+    S = np.exp((S - S.max(axis=1, keepdims=True)) / temperature)
+    S /= S.sum(axis=1, keepdims=True)
+    return float(-_entropy(S).mean())
+
+
+def expected_macro_f1(proba: np.ndarray, correct: np.ndarray) -> float:
+    """Macro-F1 expected when each spot's label is right with probability ``correct``.
+
+    The rest of a spot's mass is spread over the other classes in proportion to their probabilities;
+    classes predicted for under ``MIN_CLASS_SHARE`` of the expected spots are left out, since a
+    class absent from the target is not scored.
+    """
+    pred = proba.argmax(axis=1)
+    rows = np.arange(len(pred))
+    other = proba.copy()
+    other[rows, pred] = 0
+    E = other / np.maximum(other.sum(axis=1, keepdims=True), 1e-12) * (1 - correct)[:, None]
+    E[rows, pred] = correct
+    f1 = []
+    for c in range(E.shape[1]):
+        support = E[:, c].sum()
+        if support < MIN_CLASS_SHARE * len(E):
+            continue
+        f1.append(2 * E[pred == c, c].sum() / (support + (pred == c).sum()))
+    return float(np.mean(f1)) if f1 else 0.0
+
+
+def assess(
+    source: AnnData,
+    target: AnnData,
+    *,
+    label_key: str,
+    exclude: Sequence[str],
+    target_label_key: str | None,
+    layer: str | None,
+    n_genes: int,
+    n_comps: int,
+    n_neighbors: int,
+    smooth: float,
+    spatial_key: str | None,
+    min_score: float,
+    min_shared_genes: int,
+    seed: int,
+) -> dict[str, Any]:
+    """All scores of one candidate transfer (validated inputs; nothing is written)."""
+    src_coords = tgt_coords = None
+    if spatial_key is not None and smooth > 0:
+        src_coords = _validate.check_spatial(source, spatial_key, "source")
+        tgt_coords = _validate.check_spatial(target, spatial_key, "target")
+    known = None
+    if target_label_key is not None:
+        known = _target_labels(target, target_label_key, exclude)
+    model = KNNTransfer(n_genes=n_genes, n_comps=n_comps, n_neighbors=n_neighbors, seed=seed)
+    model.fit(
+        source, label_key=label_key, target=target, layer=layer, exclude=exclude, min_shared_genes=min_shared_genes
+    )
+    labelled = _validate.check_labels([source], label_key, "source", exclude=exclude)[0].notna().to_numpy()
+    if labelled.sum() < 2:
+        msg = f"`source.obs[{label_key!r}]` has {int(labelled.sum())} usable labels: at least 2 are needed."
+        raise ValueError(msg)
+    classes = list(model.classes_)
+    codes = model.source_codes_
+    emb_t = model.transform(target, layer=layer)
+    emb_s = model.source_embedding_
+
+    p_t, sim_t = _vote(model, emb_t, exclude_self=False)
+    p_t = _smoothed(p_t, tgt_coords, smooth)
+    p_s, sim_s = _vote(model, emb_s, exclude_self=True)  # leave-one-out vote on the source
+    p_s = _smoothed(p_s, None if src_coords is None else src_coords[labelled], smooth)
+    correct_s = (p_s.argmax(axis=1) == codes).astype(float)
+
+    # correctness of a source spot as a function of its similarity to its neighbours, applied to the target
+    iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(sim_s, correct_s)
+    expected = expected_macro_f1(p_t, iso.predict(sim_t))
+    coverage = float(sim_t.mean() - sim_s.mean())
+    w = normalize_weights(
+        kliep_weights(emb_s.astype(np.float64), emb_t.astype(np.float64), n_centers=100, seed=seed), 20.0
+    )
+    K = len(classes)
+    scores = {
+        "score": float(expected * np.exp(coverage)),
+        "expected_f1": expected,
+        "coverage": coverage,
+        "source_f1": float(f1_score(codes, p_s.argmax(axis=1), average="macro")),
+        "iw_source_accuracy": float(np.average(correct_s, weights=w)),
+        "confidence": float(p_t.max(axis=1).mean()),
+        "entropy": float((_entropy(p_t) / np.log(K)).mean()),
+        "snd": soft_neighborhood_density(p_t),
+        "mmd2": float(
+            mmd_test(emb_s.astype(np.float64), emb_t.astype(np.float64), estimator="linear", seed=seed)["mmd2"]
+        )
+        if min(len(emb_s), len(emb_t)) >= 4
+        else float("nan"),
+    }
+    out: dict[str, Any] = {"scores": scores, "classes": classes}
+    if known is not None:
+        pred = np.asarray(classes, dtype=object)[p_t.argmax(axis=1)]
+        mask = known.notna().to_numpy()
+        truth = known[mask].to_numpy()
+        transfer_f1 = float(f1_score(truth, pred[mask], average="macro", labels=sorted(set(truth))))
+        own_f1 = _target_only_f1(emb_t[mask], truth, seed=seed)
+        out.update(transfer_f1=transfer_f1, target_only_f1=own_f1, n_target_labels=int(mask.sum()))
+        negative = own_f1 > transfer_f1
+        out["verdict"] = (
+            f"negative transfer likely: macro-F1 on the {int(mask.sum())} labelled target spots is"
+            f" {transfer_f1:.3f} with the transfer and {own_f1:.3f} when training on them alone (cross-validated)"
+            if negative
+            else f"transfer helps: macro-F1 {transfer_f1:.3f} on the labelled target spots vs {own_f1:.3f} training"
+            " on them alone (cross-validated)"
+        )
+    else:
+        negative = scores["score"] < min_score
+        out["verdict"] = (
+            f"negative transfer likely: score {scores['score']:.3f} < min_score {min_score}"
+            if negative
+            else f"transfer plausible: score {scores['score']:.3f} >= min_score {min_score}"
+        )
+    out["negative_transfer"] = bool(negative)
+    return out
+
+
+def _target_labels(target: AnnData, key: str, exclude: Sequence[str]) -> pd.Series:
+    if key not in target.obs:
+        msg = f"`target.obs[{key!r}]` not found (obs columns: {list(target.obs.columns)}): pass `target_label_key=`."
+        raise KeyError(msg)
+    lab = target.obs[key]
+    lab = lab.astype(object).where(lab.notna(), None).map(lambda v: None if v is None else str(v))
+    lab = lab.where(~lab.isin([str(e) for e in exclude]), None)
+    n = int(lab.notna().sum())
+    counts = lab.value_counts()
+    if n < MIN_TARGET_LABELS or len(counts) < 2:
+        msg = (
+            f"`target.obs[{key!r}]` has {n} usable labels in {len(counts)} class(es): comparing with target-only"
+            f" training needs at least {MIN_TARGET_LABELS} labels in two classes. Label more spots or pass"
+            " `target_label_key=None`."
+        )
+        raise ValueError(msg)
+    return lab
+
+
+def _target_only_f1(X: np.ndarray, y: np.ndarray, *, seed: int) -> float:
+    """Cross-validated macro-F1 of a class-balanced logistic regression trained on the labelled target spots."""
+    n_min = int(pd.Series(y).value_counts().min())
+    if n_min >= 2:
+        cv = StratifiedKFold(n_splits=min(5, n_min), shuffle=True, random_state=seed)
+    else:  # a class with one labelled spot cannot be stratified; it is rarely predicted right
+        cv = KFold(n_splits=min(5, len(y)), shuffle=True, random_state=seed)
+    pred = np.empty(len(y), dtype=object)
+    for train, test in cv.split(X, y):
+        if len(set(y[train])) < 2:
+            pred[test] = y[train][0]
+            continue
+        clf = LogisticRegression(max_iter=1000, class_weight="balanced").fit(X[train], y[train])
+        pred[test] = clf.predict(X[test])
+    return float(f1_score(y, pred.astype(str), average="macro", labels=sorted(set(y))))
+
+
+def _check_common(n_neighbors: int, smooth: float, min_score: float) -> None:
+    if int(n_neighbors) < 1:
+        msg = f"`n_neighbors` must be a positive integer, got {n_neighbors!r}."
+        raise ValueError(msg)
+    if not 0 <= smooth < 1:
+        msg = f"`smooth` must lie in [0, 1), got {smooth!r}."
+        raise ValueError(msg)
+    if not np.isfinite(min_score):
+        msg = f"`min_score` must be a finite number, got {min_score!r}."
+        raise ValueError(msg)
+
+
+@inject_docs
+def transferability(
+    source: AnnData,
+    target: AnnData,
+    /,
+    *,
+    label_key: str,
+    exclude: Sequence[str] = (),
+    target_label_key: str | None = None,
+    layer: str | None = None,
+    n_genes: int = 3000,
+    n_comps: int = 30,
+    n_neighbors: int = 15,
+    smooth: float = 0.5,
+    spatial_key: str | None = _keys.SPATIAL,
+    min_score: float = 0.35,
+    min_shared_genes: int = 100,
+    warn: bool = True,
+    key_added: str = _keys.TRANSFERABILITY,
+    seed: int = 0,
+    copy: bool = False,
+) -> AnnData | None:
+    """Score how well labels from ``source`` will transfer to ``target``, without target labels.
+
+    Runs the knn transfer of :func:`sptl.tl.transfer_labels` (``method="knn"``) and, beside it, a
+    leave-one-out vote on the source itself, then scores the transfer:
+
+    - ``score``: ``expected_f1 * exp(coverage)``, the headline score (higher is better),
+    - ``expected_f1``: macro-F1 expected on the target when a spot's label is right as often as
+      that of source spots equally similar to their source neighbours (isotonic fit on the source's
+      leave-one-out vote),
+    - ``coverage``: mean similarity of target spots to their nearest source spots minus that of
+      source spots to their (other) nearest source spots; negative when the target lies off the source,
+    - ``source_f1``: leave-one-out macro-F1 of the vote on the source,
+    - ``iw_source_accuracy``: leave-one-out source accuracy weighted by importance weights (KLIEP),
+      an estimate of the target accuracy under covariate shift,
+    - ``confidence``, ``entropy`` (normalised to [0, 1]) of the target's class probabilities,
+    - ``snd``: soft neighbourhood density of the target's class probabilities (Saito et al. 2021),
+    - ``mmd2``: linear-time MMD between source and target in the joint embedding.
+
+    With ``target_label_key`` (a few labelled target spots), the transfer's macro-F1 on those spots is
+    compared with a logistic regression trained on them alone (cross-validated); negative transfer is
+    flagged when training on the target alone does better. Without it, when ``score < min_score``.
+    A flagged transfer raises a :class:`sptl.tl.NegativeTransferWarning`.
+
+    Parameters
+    ----------
+    source
+        Labelled source section (raw counts in ``.X`` or ``layers[layer]``, labels in ``obs[label_key]``).
+    {target}
+    label_key
+        Column of ``source.obs`` with the labels to transfer.
+    exclude
+        Source (and target) labels to ignore, for example ``["undetermined"]``.
+    target_label_key
+        Column of ``target.obs`` holding a few known labels (missing elsewhere), to compare the transfer
+        with training on the target alone. Needs at least 5 labels in two classes.
+    {layer}
+    n_genes
+        Number of highly variable genes of the joint embedding.
+    n_comps
+        Number of principal components of the joint embedding.
+    n_neighbors
+        Number of source neighbours that vote.
+    smooth
+        Weight of the spatial neighbours' probabilities, as in :func:`sptl.tl.transfer_labels`.
+    spatial_key
+        Key in ``.obsm`` with the coordinates used for smoothing; ``None`` turns smoothing off.
+    min_score
+        Without target labels, a ``score`` below this flags negative transfer. The default 0.35 is the
+        score below which knn transfers between HER2ST patients did worse than a logistic regression
+        on 5% of the target's labels in most pairs (``benchmarks/diagnostics.py``).
+    min_shared_genes
+        Fewest genes source and target must share.
+    warn
+        Raise a :class:`sptl.tl.NegativeTransferWarning` when negative transfer is likely.
+    {key_added}
+    {seed}
+    {copy}
+
+    Returns
+    -------
+    ``None``, or the annotated copy of ``target`` if ``copy=True``. Written to ``target.uns[key_added]``:
+
+    - ``scores``: dict of the scores above,
+    - ``negative_transfer``: whether negative transfer is likely, and ``verdict``: a sentence saying why,
+    - with ``target_label_key``: ``transfer_f1``, ``target_only_f1``, ``n_target_labels``,
+    - ``classes`` (source classes) and ``params``.
+
+    Examples
+    --------
+    >>> import sptl
+    >>> source, target = sptl.datasets.her2st("F1"), sptl.datasets.her2st("D1")
+    >>> sptl.tl.transferability(source, target, label_key="label", exclude=["undetermined"])
+    >>> result = target.uns["sptl_transferability"]
+    >>> sorted(result["scores"])[:3]
+    ['confidence', 'coverage', 'entropy']
+    >>> result["negative_transfer"]
+    False
+    """
+    start = perf_counter()
+    _validate.check_adata(source, "source")
+    _validate.check_adata(target, "target")
+    _check_common(n_neighbors, smooth, min_score)
+    params = {
+        "label_key": label_key,
+        "exclude": list(exclude),
+        "target_label_key": target_label_key,
+        "layer": layer,
+        "n_genes": n_genes,
+        "n_comps": n_comps,
+        "n_neighbors": n_neighbors,
+        "smooth": smooth,
+        "spatial_key": spatial_key,
+        "min_score": min_score,
+        "min_shared_genes": min_shared_genes,
+        "seed": seed,
+    }
+    logg.info(f"scoring the transfer of `{label_key}` from {source.n_obs} source spots to {target.n_obs} target spots")
+    result = assess(
+        source,
+        target,
+        label_key=label_key,
+        exclude=exclude,
+        target_label_key=target_label_key,
+        layer=layer,
+        n_genes=n_genes,
+        n_comps=n_comps,
+        n_neighbors=n_neighbors,
+        smooth=smooth,
+        spatial_key=spatial_key,
+        min_score=min_score,
+        min_shared_genes=min_shared_genes,
+        seed=seed,
+    )
+    adata = target.copy() if copy else target
+    adata.uns[key_added] = {**result, "params": params}
+    logg.info(f"    finished ({perf_counter() - start:.1f}s): added\n    'uns[{key_added!r}]'")
+    if warn and result["negative_transfer"]:
+        warnings.warn(f"{result['verdict']}.", NegativeTransferWarning, stacklevel=2)
+    return adata if copy else None
+
+
+@inject_docs
+def rank_sources(
+    candidates: Mapping[str, AnnData] | Sequence[AnnData],
+    target: AnnData,
+    /,
+    *,
+    label_key: str,
+    exclude: Sequence[str] = (),
+    by: str = "score",
+    layer: str | None = None,
+    n_genes: int = 3000,
+    n_comps: int = 30,
+    n_neighbors: int = 15,
+    smooth: float = 0.5,
+    spatial_key: str | None = _keys.SPATIAL,
+    min_score: float = 0.35,
+    min_shared_genes: int = 100,
+    warn: bool = True,
+    key_added: str = _keys.RANK_SOURCES,
+    seed: int = 0,
+    copy: bool = False,
+) -> AnnData | None:
+    """Order candidate source sections by how well their labels should transfer to ``target``.
+
+    Every candidate is scored as in :func:`sptl.tl.transferability` (no target labels needed) and
+    the candidates are ranked by ``by``.
+
+    Parameters
+    ----------
+    candidates
+        Labelled source sections: a dict ``name -> AnnData`` or a list (named ``"0"``, ``"1"``...).
+    {target}
+    label_key
+        Column of every candidate's ``.obs`` with the labels.
+    exclude
+        Labels to ignore, for example ``["undetermined"]``.
+    by
+        Score to rank by (see :func:`sptl.tl.transferability`): ``"score"``, ``"expected_f1"``,
+        ``"coverage"``, ``"source_f1"``, ``"iw_source_accuracy"``, ``"confidence"``, ``"entropy"``,
+        ``"snd"`` or ``"mmd2"`` (``entropy`` and ``mmd2`` rank low values first).
+    {layer}
+    n_genes
+        Number of highly variable genes of each joint embedding.
+    n_comps
+        Number of principal components of each joint embedding.
+    n_neighbors
+        Number of source neighbours that vote.
+    smooth
+        Weight of the spatial neighbours' probabilities.
+    spatial_key
+        Key in ``.obsm`` with the coordinates used for smoothing; ``None`` turns smoothing off.
+    min_score
+        A best candidate whose ``score`` is below this flags negative transfer.
+    min_shared_genes
+        Fewest genes each candidate and the target must share.
+    warn
+        Raise a :class:`sptl.tl.NegativeTransferWarning` when even the best candidate is flagged.
+    {key_added}
+    {seed}
+    {copy}
+
+    Returns
+    -------
+    ``None``, or the annotated copy of ``target`` if ``copy=True``. Written to ``target.uns[key_added]``:
+
+    - ``ranking``: DataFrame, one row per candidate (best first), one column per score plus
+      ``negative_transfer``,
+    - ``best``: name of the best candidate, and ``params``.
+
+    Examples
+    --------
+    >>> import sptl
+    >>> target = sptl.datasets.her2st("D1")
+    >>> candidates = {s: sptl.datasets.her2st(s) for s in ("B1", "F1")}
+    >>> sptl.tl.rank_sources(candidates, target, label_key="label", exclude=["undetermined"])
+    >>> target.uns["sptl_sources"]["best"]
+    'F1'
+    """
+    start = perf_counter()
+    if isinstance(candidates, Mapping):
+        names, items = [str(k) for k in candidates], list(candidates.values())
+    elif isinstance(candidates, Sequence) and not isinstance(candidates, str):
+        names, items = [str(i) for i in range(len(candidates))], list(candidates)
+    else:
+        msg = f"`candidates` must be a dict of AnnData or a list of AnnData, got {type(candidates).__name__}."
+        raise TypeError(msg)
+    if not items:
+        msg = "`candidates` is empty: pass at least one labelled source section."
+        raise ValueError(msg)
+    for name, ad in zip(names, items, strict=True):
+        _validate.check_adata(ad, f"candidates[{name!r}]")
+    _validate.check_adata(target, "target")
+    scores = ["score", "expected_f1", "coverage", "source_f1", "iw_source_accuracy", "confidence", "entropy", "snd"]
+    _validate.check_choice(by, "by", [*scores, "mmd2"])
+    _check_common(n_neighbors, smooth, min_score)
+    params = {
+        "label_key": label_key,
+        "exclude": list(exclude),
+        "by": by,
+        "layer": layer,
+        "n_genes": n_genes,
+        "n_comps": n_comps,
+        "n_neighbors": n_neighbors,
+        "smooth": smooth,
+        "spatial_key": spatial_key,
+        "min_score": min_score,
+        "min_shared_genes": min_shared_genes,
+        "seed": seed,
+        "candidates": names,
+    }
+    logg.info(f"ranking {len(items)} candidate sources for {target.n_obs} target spots by `{by}`")
+    rows = []
+    for name, ad in zip(names, items, strict=True):
+        try:
+            res = assess(
+                ad,
+                target,
+                label_key=label_key,
+                exclude=exclude,
+                target_label_key=None,
+                layer=layer,
+                n_genes=n_genes,
+                n_comps=n_comps,
+                n_neighbors=n_neighbors,
+                smooth=smooth,
+                spatial_key=spatial_key,
+                min_score=min_score,
+                min_shared_genes=min_shared_genes,
+                seed=seed,
+            )
+        except (KeyError, ValueError, TypeError) as e:
+            msg = f"Candidate {name!r}: {e}"
+            raise type(e)(msg) from e
+        rows.append({"source": name, **res["scores"], "negative_transfer": res["negative_transfer"]})
+    ranking = pd.DataFrame(rows).set_index("source")
+    ranking = ranking.sort_values(by, ascending=by in LOWER_IS_BETTER, kind="stable")
+    best = str(ranking.index[0])
+    adata = target.copy() if copy else target
+    adata.uns[key_added] = {"ranking": ranking, "best": best, "params": params}
+    logg.info(f"    finished ({perf_counter() - start:.1f}s): added\n    'uns[{key_added!r}]'")
+    if warn and bool(ranking["negative_transfer"].iloc[0]):
+        warnings.warn(
+            f"Even the best candidate {best!r} has score {ranking['score'].iloc[0]:.3f} < min_score {min_score}:"
+            " negative transfer is likely from every candidate.",
+            NegativeTransferWarning,
+            stacklevel=2,
+        )
+    return adata if copy else None
