@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import assert_unchanged, snapshot
+
+import sptl
+from sptl.tl import NegativeTransferWarning
+
+EXCL = ["undetermined"]
+SCORES = {
+    "score",
+    "expected_f1",
+    "coverage",
+    "source_f1",
+    "iw_source_accuracy",
+    "confidence",
+    "entropy",
+    "snd",
+    "mmd2",
+}
+
+
+def few_labels(target, n, seed=0):
+    lab = target.obs["label"].astype(str)
+    pool = np.flatnonzero(~lab.isin([*EXCL, "nan"]).to_numpy())
+    idx = np.random.default_rng(seed).choice(pool, n, replace=False)
+    target.obs["few"] = pd.Series(lab.to_numpy(), index=target.obs_names).where(np.isin(np.arange(target.n_obs), idx))
+    return target
+
+
+def test_scores_and_verdict_of_a_good_transfer(her2st):
+    # measured: F1 -> D1 score 0.751 (real macro-F1 0.577, the best source for D1)
+    source, target = her2st("F1"), her2st("D1")
+    before = snapshot(target)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NegativeTransferWarning)
+        out = sptl.tl.transferability(source, target, label_key="label", exclude=EXCL, copy=True)
+    assert_unchanged(target, before)
+    res = out.uns["sptl_transferability"]
+    assert set(res["scores"]) == SCORES
+    s = res["scores"]
+    assert 0.65 <= s["score"] <= 0.85
+    assert 0 <= s["entropy"] <= 1 and 0 < s["confidence"] <= 1 and 0 <= s["expected_f1"] <= 1
+    assert res["negative_transfer"] is False and res["verdict"].startswith("transfer plausible")
+    assert res["classes"] == ["connective tissue", "immune infiltrate", "invasive cancer"]
+    assert res["params"]["min_score"] == 0.55 and res["params"]["exclude"] == EXCL
+
+
+def test_warns_on_a_poor_source(her2st):
+    # measured: B1 -> E1 score 0.197 (real macro-F1 0.322; target-only training on 5% labels: 0.358)
+    source, target = her2st("B1"), her2st("E1")
+    with pytest.warns(NegativeTransferWarning, match="negative transfer likely"):
+        sptl.tl.transferability(source, target, label_key="label", exclude=EXCL)
+    res = target.uns["sptl_transferability"]
+    assert res["negative_transfer"] is True and res["scores"]["score"] < 0.3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NegativeTransferWarning)
+        sptl.tl.transferability(source, target, label_key="label", exclude=EXCL, warn=False)
+
+
+def test_few_target_labels_compare_with_target_only(her2st):
+    source, target = her2st("F1"), few_labels(her2st("D1"), 15)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NegativeTransferWarning)
+        sptl.tl.transferability(source, target, label_key="label", exclude=EXCL, target_label_key="few")
+    res = target.uns["sptl_transferability"]
+    assert res["n_target_labels"] == 15
+    assert 0 <= res["transfer_f1"] <= 1 and 0 <= res["target_only_f1"] <= 1
+    assert res["negative_transfer"] == (res["target_only_f1"] > res["transfer_f1"])
+    assert "labelled target spots" in res["verdict"]
+
+
+def test_rank_sources_picks_the_best_source(her2st):
+    # measured real macro-F1 into D1: F1 0.577, B1 0.522, A1 0.472, E1 0.433, C1 0.422;
+    # scores: F1 0.751, E1 0.640, A1 0.635, C1 0.533, B1 0.349
+    target = her2st("D1")
+    candidates = {s: her2st(s) for s in ("A1", "B1", "C1", "E1", "F1")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NegativeTransferWarning)
+        sptl.tl.rank_sources(candidates, target, label_key="label", exclude=EXCL)
+    res = target.uns["sptl_sources"]
+    ranking = res["ranking"]
+    assert res["best"] == "F1" == ranking.index[0]
+    assert set(ranking.index) == set(candidates)
+    assert (np.diff(ranking["score"].to_numpy()) <= 0).all()
+    assert ranking.loc["B1", "negative_transfer"] and not ranking.loc["F1", "negative_transfer"]
+    sptl.tl.rank_sources(
+        [candidates["B1"], candidates["F1"]], target, label_key="label", exclude=EXCL, by="entropy", key_added="e"
+    )
+    ent = target.uns["e"]["ranking"]
+    assert list(ent.index) == sorted(["0", "1"], key=lambda n: ent.loc[n, "entropy"])
+
+
+def test_bad_input_raises_and_leaves_target_untouched(her2st):
+    source, target = her2st("F1"), her2st("D1")
+    before = snapshot(target)
+    with pytest.raises(KeyError, match="cell_type"):
+        sptl.tl.transferability(source, target, label_key="cell_type")
+    with pytest.raises(ValueError, match="at least 5 labels"):
+        sptl.tl.transferability(source, few_labels(target.copy(), 3), label_key="label", target_label_key="few")
+    with pytest.raises(KeyError, match="no_labels"):
+        sptl.tl.transferability(source, target, label_key="label", target_label_key="no_labels")
+    with pytest.raises(ValueError, match="smooth"):
+        sptl.tl.transferability(source, target, label_key="label", smooth=1.5)
+    renamed = source.copy()
+    renamed.var_names = [f"g{i}" for i in range(renamed.n_vars)]
+    with pytest.raises(ValueError, match="shared"):
+        sptl.tl.transferability(renamed, target, label_key="label")
+    with pytest.raises(ValueError, match="empty"):
+        sptl.tl.rank_sources({}, target, label_key="label")
+    with pytest.raises(TypeError, match="candidates"):
+        sptl.tl.rank_sources(source, target, label_key="label")
+    with pytest.raises(ValueError, match="by="):
+        sptl.tl.rank_sources([source], target, label_key="label", by="accuracy")
+    with pytest.raises(ValueError, match="Candidate 'bad'"):
+        sptl.tl.rank_sources({"good": source, "bad": renamed}, target, label_key="label")
+    assert_unchanged(target, before)
