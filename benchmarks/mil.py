@@ -94,10 +94,15 @@ def run_mil(adata: ad.AnnData, pooling: str, seed: int) -> dict[str, float]:
 
 def run_logreg(adata: ad.AnnData) -> dict[str, float]:
     obs = adata.obs
-    bags = obs["sptl_tile"].astype(str).to_numpy()
-    X = pd.DataFrame(adata.obsm["X_pca"], index=bags).groupby(level=0).mean()
-    y = obs.groupby("sptl_tile", observed=True)["bag_label"].first().reindex(X.index)
-    patient = obs.groupby("sptl_tile", observed=True)["patient"].first().astype(str).reindex(X.index)
+    in_bag = obs["sptl_tile"].notna().to_numpy()
+    bags = obs["sptl_tile"].astype(str).to_numpy()[in_bag]
+    X = pd.DataFrame(adata.obsm["X_pca"][in_bag], index=bags).groupby(level=0).mean()
+    y = obs.groupby("sptl_tile", observed=True)["bag_label"].first()
+    y.index = y.index.astype(str)
+    y = y.reindex(X.index)
+    patient = obs.groupby("sptl_tile", observed=True)["patient"].first().astype(str)
+    patient.index = patient.index.astype(str)
+    patient = patient.reindex(X.index)
     proba = pd.Series(np.nan, index=X.index)
     inst = np.full(adata.n_obs, np.nan)
     for p in patient.unique():

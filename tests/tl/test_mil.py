@@ -74,19 +74,20 @@ def test_mil_leave_one_patient_out_writes_everything(her2st_bags, loo_results):
 def test_abmil_vs_mean_pooling_bag_auc(loo_results):
     att = loo_results["attention"].uns["sptl_mil"]["scores"]["auc"]
     mean = loo_results["mean"].uns["sptl_mil"]["scores"]["auc"]
-    # measured with seed 0: ABMIL 0.000, mean pooling 0.000 (benchmarks/mil.py: means over 5 seeds)
+    # measured with seed 0 (CPU): ABMIL 0.754, mean pooling 0.837. Over seeds 0-4 (benchmarks/mil.py):
+    # ABMIL 0.800 +- 0.050, mean pooling 0.850 +- 0.020, so on these bags ABMIL does NOT beat mean pooling.
     assert att > 0.70
-    assert mean > 0.75
-    # ABMIL does not beat mean pooling here; it trails it by at most this much (measured gap 0.000)
-    assert att > mean - 0.15
+    assert mean > 0.78
+    # ... it trails it by 0.083 here (0.050 on average over five seeds); fail if the gap grows past 0.12
+    assert mean - att < 0.12
 
 
 def test_attention_localises_invasive_cancer(loo_results):
     # spots of positive bags: attention x bag size vs the pathologist's invasive cancer label
     auc = _localisation_auc(loo_results["attention"])
-    assert auc > 0.55  # measured 0.000 with seed 0; chance 0.5
-    # mean pooling has uniform weights: its "attention" says nothing
-    assert _localisation_auc(loo_results["mean"]) == pytest.approx(0.5)
+    assert auc > 0.56  # measured 0.605 with seed 0 (0.609 +- 0.021 over seeds 0-4); chance is 0.5
+    # mean pooling has uniform weights: its "attention" says nothing (0.5 up to float rounding)
+    assert _localisation_auc(loo_results["mean"]) == pytest.approx(0.5, abs=0.01)
 
 
 def _toy(n_bags=30, size=8, seed=0):
