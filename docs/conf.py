@@ -220,9 +220,18 @@ def prose_returns(app: Sphinx, what: str, name: str, obj, options, lines: list[s
     lines[i:end] = ["", ":returns:", *body, ""]
 
 
+def skip_foreign_members(app: Sphinx, what: str, name: str, obj: object, skip: bool, options: object) -> bool | None:
+    """Leave out members a class inherits from scikit-learn (documented there; their cross-references fail here)."""
+    module = getattr(obj, "__module__", None) or getattr(type(obj), "__module__", "")
+    if isinstance(module, str) and module.startswith("sklearn"):
+        return True
+    return None
+
+
 def setup(app: Sphinx) -> None:
     """Generate ``api.md``'s lists and the tutorial copies before autosummary and the reader run."""
     app.connect("config-inited", write_api_lists)
     app.connect("config-inited", copy_tutorials)
+    app.connect("autodoc-skip-member", skip_foreign_members)
     app.connect("autodoc-process-docstring", prose_returns, priority=400)  # before napoleon
     app.connect("autodoc-process-docstring", data_docstring, priority=600)  # after napoleon
