@@ -1,7 +1,9 @@
 """Plots."""
 
 from ._attention import attention
+from ._histology import patches
+from ._shift import domain_shift
 from ._training import training_curves
 from ._transfer import transfer
 
-__all__ = ["attention", "training_curves", "transfer"]
+__all__ = ["attention", "domain_shift", "patches", "training_curves", "transfer"]

@@ -21,7 +21,7 @@ from .._docs import inject_docs
 from ..models._knn import KNNTransfer
 from ..pp._graph import build_graph
 from ._shift import mmd_test
-from ._transfer import _smooth
+from ._transfer import DEFAULT_SMOOTH, _propagate
 from ._weights import kliep_weights, normalize_weights
 
 #: Fewest labelled target spots (and per class, for the cross-validation) to compare with target-only training.
@@ -55,7 +55,7 @@ def _smoothed(proba: np.ndarray, coords: np.ndarray | None, weight: float) -> np
     if coords is None or weight == 0 or len(proba) < 2:
         return proba
     graph = build_graph(coords, n_neighs=min(6, len(proba) - 1))[0]
-    return _smooth(pd.DataFrame(proba), graph, weight).to_numpy()
+    return _propagate(pd.DataFrame(proba), graph, weight).to_numpy()
 
 
 def _entropy(p: np.ndarray) -> np.ndarray:
@@ -251,7 +251,7 @@ def transferability(
     n_genes: int = 3000,
     n_comps: int = 30,
     n_neighbors: int = 15,
-    smooth: float = 0.5,
+    smooth: float = DEFAULT_SMOOTH,
     spatial_key: str | None = _keys.SPATIAL,
     min_score: float = 0.55,
     min_shared_genes: int = 100,
@@ -303,7 +303,8 @@ def transferability(
     n_neighbors
         Number of source neighbours that vote.
     smooth
-        Weight of the spatial neighbours' probabilities, as in :func:`sptl.tl.transfer_labels`.
+        Weight of the spatial neighbours in the label spreading that finishes the transfer, as in
+        :func:`sptl.tl.transfer_labels`; ``0`` turns it off.
     spatial_key
         Key in ``.obsm`` with the coordinates used for smoothing; ``None`` turns smoothing off.
     min_score
@@ -395,7 +396,7 @@ def rank_sources(
     n_genes: int = 3000,
     n_comps: int = 30,
     n_neighbors: int = 15,
-    smooth: float = 0.5,
+    smooth: float = DEFAULT_SMOOTH,
     spatial_key: str | None = _keys.SPATIAL,
     min_score: float = 0.55,
     min_shared_genes: int = 100,
@@ -430,7 +431,7 @@ def rank_sources(
     n_neighbors
         Number of source neighbours that vote.
     smooth
-        Weight of the spatial neighbours' probabilities.
+        Weight of the spatial neighbours in label spreading, as in :func:`sptl.tl.transfer_labels`.
     spatial_key
         Key in ``.obsm`` with the coordinates used for smoothing; ``None`` turns smoothing off.
     min_score
