@@ -133,3 +133,16 @@ def test_bad_input(visium):
 def test_hub_weights_download(visium):
     sptl.tl.embed_histology(visium, encoder="ViT-B-32", pretrained="laion2b_s34b_b79k", progress=False)
     assert visium.obsm["X_histology"].shape == (100, 512)
+
+
+def test_patch_grid_plot(tmp_path):
+    adata = sptl.datasets.synthetic_tissue(n_spots=120, seed=0)
+    sptl.pp.extract_patches(adata, size=16)
+    axes = sptl.pl.patches(adata, groupby="tissue_type", n=3, show=False)
+    assert axes.shape == (4, 3)
+    first = axes[0, 0].get_images()[0].get_array()
+    assert first.shape == (16, 16, 3)
+    sptl.pl.patches(adata, obs_names=adata.obs_names[:2], save=tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 0
+    with pytest.raises(KeyError, match=r"not in `adata\.obs_names`"):
+        sptl.pl.patches(adata, obs_names=["nope"], show=False)
