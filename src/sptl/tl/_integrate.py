@@ -36,7 +36,7 @@ def integrate(
     n_latent: int = 30,
     hidden: int = 128,
     adapt_weight: float = 1.0,
-    max_epochs: int = 100,
+    max_epochs: int = 50,
     batch_size: int = 256,
     lr: float = 1e-3,
     key_added: str = _keys.INTEGRATE,
@@ -235,6 +235,7 @@ def _train(
     scale = float(X.std()) or 1.0
     history = []
     n = len(X)
+    step = 0
     for epoch in progress_bar(range(max_epochs), enabled=progress, desc="integrating"):
         order = torch.as_tensor(rng.permutation(n), device=device)
         total = 0.0
@@ -247,11 +248,11 @@ def _train(
             z = net.encoder(x)
             loss = nn.functional.mse_loss(net.decoder(z), x) / scale**2
             if method == "mmd":
-                present = torch.unique(b)
-                for k in present:
-                    inside, outside = z[b == k], z[b != k]
-                    if len(inside) > 1 and len(outside) > 1:
-                        loss = loss + adapt_weight * mmd(inside, outside, rng) / len(present)
+                # one batch per step against the others, in turn: every batch is pulled to the rest
+                k = step % n_batches
+                inside, outside = z[b == k], z[b != k]
+                if len(inside) > 1 and len(outside) > 1:
+                    loss = loss + adapt_weight * mmd(inside, outside, rng)
             else:
                 logits = net.batch_head(grad_reverse(z, coeff))
                 loss = loss + nn.functional.cross_entropy(logits, b)
@@ -263,6 +264,7 @@ def _train(
             opt.zero_grad()
             loss.backward()
             opt.step()
+            step += 1
             total += float(loss.detach()) * len(idx)
         history.append(total / n)
     net.eval()
