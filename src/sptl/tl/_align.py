@@ -48,21 +48,29 @@ def align_slices(
     """Align consecutive sections into the coordinate frame of the first one.
 
     Each slice ``i > 0`` is aligned onto slice ``i - 1`` and the rigid transforms are chained, so the
-    whole stack lands in the frame of ``slices[0]``. One pair is aligned in three steps:
+    whole stack lands in the frame of ``slices[0]``. One pair is aligned in four steps:
 
     1. expression features: log-normalised counts on the shared genes, z-scored within each slice
        (which removes a slice-wide shift) and embedded in one PCA;
-    2. a search over initial rigid transforms: ``n_rotations`` angles, each also mirrored when
-       ``allow_mirror``; from each start, optimal transport on expression plus spatial distance and a
-       Procrustes refit alternate (as in ICP), and the start with the lowest cost wins;
+    2. a search over initial rigid transforms: ``n_rotations`` angles about the centres of mass, each
+       also mirrored when ``allow_mirror``, plus RANSAC transforms through pairs of spots that are
+       mutual nearest neighbours in expression; from each start, optimal transport on expression plus
+       spatial distance and a Procrustes refit alternate (as in ICP), and the start that most
+       expression pairs agree with wins;
     3. fused Gromov-Wasserstein transport (POT) from that start, which matches spots on expression
        (weight ``1 - alpha``) and keeps their spatial neighbourhoods (weight ``alpha``); the rigid
-       transform is the weighted Procrustes fit to the plan.
+       transform is a Procrustes fit to each spot's best match in that plan, refitted without the
+       matches it cannot explain;
+    4. with both slices in one frame, the final plan is exact transport on expression plus the
+       distance after the transform, which tells neighbouring spots apart; the transform is refitted.
 
-    With ``overlap < 1`` the sections only partly overlap and partial transport moves that share of the
-    mass. Slices with more than ``max_exact`` spots take a path whose memory grows linearly: the same
-    steps between ``n_anchors`` spatial clusters of each slice give the transform, then entropic
-    transport restricted to each spot's ``n_local`` nearest spots of the other slice refines it.
+    With ``overlap < 1`` the sections only partly overlap: the search uses partial transport of that
+    share of the mass (RANSAC does not depend on the centres of mass) and steps 3-4 are replaced by
+    unbalanced transport restricted to each spot's ``n_local`` nearest spots of the other slice.
+    Slices with more than ``max_exact`` spots take a path whose memory grows linearly: steps 2-3
+    between ``n_anchors`` spatial clusters (k-means) of each slice give the transform, then entropic
+    transport restricted to each spot's ``n_local`` nearest spots of the other slice (sparse
+    Sinkhorn) refines it and gives the plan.
 
     Parameters
     ----------
