@@ -26,11 +26,20 @@ Methods (same folds, same features)
 Each MIL method runs with seeds 0-4; the table gives mean and standard deviation over seeds.
 
 Run: ``python benchmarks/mil.py``
+
+``python benchmarks/mil.py --tiles`` instead measures :func:`sptl.pp.tile_image` on a whole-slide-sized
+tiled TIFF (32,768 x 32,768 RGB, 3.2 GB of pixels, zlib-compressed 512 x 512 tiles; the bundled
+Visium H&E upscaled 8x and repeated) written tile by tile: seconds and peak memory of a process that
+only imports sptl and tiles it, against one that only imports sptl.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -155,5 +164,56 @@ def main() -> pd.DataFrame:
     return table
 
 
+SIDE = 32768
+TILE = 512
+PROBE = """
+import resource, sys, time
+import sptl
+start = time.perf_counter()
+if len(sys.argv) > 1:
+    tiles = sptl.pp.tile_image(sys.argv[1], tile_size=256)
+    print(tiles.n_obs, tiles.uns["patches"]["params"]["reader"])
+print("seconds", time.perf_counter() - start)
+print("peak_gb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2)
+"""
+
+
+def write_big_tiff(path: Path) -> None:
+    import tifffile
+
+    he = sptl.datasets.visium_fixture().uns["spatial"]["custom"]["images"]["lowres"]
+
+    def tiles():
+        ys, xs = np.mgrid[0:TILE, 0:TILE]
+        for ty in range(0, SIDE, TILE):
+            for tx in range(0, SIDE, TILE):
+                yield he[((ys + ty) // 8) % he.shape[0], ((xs + tx) // 8) % he.shape[1]]
+
+    tifffile.imwrite(
+        path,
+        tiles(),
+        shape=(SIDE, SIDE, 3),
+        dtype=np.uint8,
+        tile=(TILE, TILE),
+        compression="zlib",
+        resolution=(1e4 / 0.5, 1e4 / 0.5),
+        resolutionunit="CENTIMETER",
+    )
+
+
+def tile_memory() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "big.tif"
+        start = time.perf_counter()
+        write_big_tiff(path)
+        print(f"wrote {path.stat().st_size / 1e6:.0f} MB in {time.perf_counter() - start:.0f} s")
+        for args in ([], [str(path)]):
+            out = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, check=True)
+            print("import sptl only" if not args else "import sptl + tile_image", out.stdout.strip().splitlines())
+
+
 if __name__ == "__main__":
-    main()
+    if "--tiles" in sys.argv:
+        tile_memory()
+    else:
+        main()

@@ -134,7 +134,7 @@ def attention(
     xy = coords * scale
     panels = [
         (bag_p, f"bag P({label}), out of fold", "viridis", (0.0, 1.0)),
-        (att, "attention x bag size" if relative else "attention", cmap, (0.0, float(np.nanmax(att)) or 1.0)),
+        (att, "attention x bag size" if relative else "attention", cmap, (0.0, _top(att))),
     ]
     for a, (values, name, colours, (lo, hi)) in zip(axes, panels, strict=True):
         if image is not None:
@@ -149,3 +149,9 @@ def attention(
     if title is not None:
         fig.suptitle(title)
     return finish(fig, axes, save=save, show=show)
+
+
+def _top(values: np.ndarray) -> float:
+    """Upper end of the colour scale: the 99th percentile, so a few sharp weights do not wash out the rest."""
+    finite = values[np.isfinite(values)]
+    return float(np.percentile(finite, 99)) if len(finite) and np.percentile(finite, 99) > 0 else 1.0
