@@ -176,3 +176,32 @@ def test_bad_arguments(sections):
     del bare.uns["patches"]
     with pytest.raises(KeyError, match="extract_patches"):
         SpatialCLIP(**MICRO).fit(bare, progress=False)
+
+
+def test_torchvision_tower_fine_tunes_its_last_stage(sections, tmp_path):
+    import torchvision
+
+    train, test = sections[0][:64].copy(), sections[1][:32].copy()
+    torch.manual_seed(0)
+    path = tmp_path / "r18.pt"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    m = SpatialCLIP(
+        image_encoder="torchvision:resnet18",
+        pretrained=str(path),
+        image_size=32,
+        freeze="backbone",
+        unfreeze_last=1,
+        n_genes=60,
+        embed_dim=16,
+        max_epochs=1,
+    ).fit(train, progress=False)
+    start = torch.load(path, weights_only=True)
+    now = m.net_.visual.module.state_dict()
+    moved = {k for k in now if not torch.equal(now[k], start[k])}
+    assert moved and all(k.startswith("layer4.") for k in moved)  # BatchNorm statistics of frozen stages kept
+    m.save(tmp_path / "r.npz")
+    np.testing.assert_array_equal(
+        SpatialCLIP.load(tmp_path / "r.npz").transform(test, progress=False), m.transform(test, progress=False)
+    )
+    with pytest.raises(ValueError, match="applies to timm / torchvision"):
+        SpatialCLIP(image_size=64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -21,7 +22,7 @@ from .. import _keys, _validate
 from .._device import resolve_device
 from .._progress import progress_bar
 from ..pp._patches import PatchDataset
-from ._base import TransferModel
+from ._base import FORMAT_VERSION, TransferModel
 from ._encoders import (
     ImageEncoder,
     create_open_clip,
@@ -131,6 +132,8 @@ class SpatialCLIP(TransferModel):
     pretrained
         Weights of the image tower: a hub tag (online) or a local checkpoint file (offline), as in
         :func:`sptl.tl.embed_histology`; ``None`` starts from random weights.
+    image_size
+        Input size of a timm / torchvision tower (``None``: its own, 224); open_clip towers keep theirs.
     expression_encoder
         ``"mlp"`` or ``"sentence"`` (open_clip text tower of ``image_encoder`` over gene names).
     n_genes
@@ -146,7 +149,8 @@ class SpatialCLIP(TransferModel):
     dropout
         Dropout of the expression MLP.
     freeze
-        ``"none"``, ``"all"`` or ``"backbone"`` (see above).
+        ``"none"``, ``"all"`` or ``"backbone"`` (see above). With ``"all"`` the tower's features are
+        computed once before training (so ``augment`` does not apply to them).
     unfreeze_last
         Blocks of the image tower trained with ``freeze="backbone"``.
     temperature
@@ -178,7 +182,8 @@ class SpatialCLIP(TransferModel):
     >>> import sptl
     >>> adata = sptl.datasets.synthetic_tissue(n_spots=150, seed=0)
     >>> sptl.pp.extract_patches(adata, size=32)
-    >>> model = sptl.models.SpatialCLIP(n_genes=50, max_epochs=2, embed_dim=16).fit(adata, progress=False)
+    >>> model = sptl.models.SpatialCLIP(image_encoder="sptl-vit-micro", n_genes=50, max_epochs=2, embed_dim=16)
+    >>> model = model.fit(adata, progress=False)
     >>> model.transform(adata, modality="image", progress=False).shape
     (150, 16)
     """
@@ -188,6 +193,7 @@ class SpatialCLIP(TransferModel):
         *,
         image_encoder: str = "sptl-vit-tiny",
         pretrained: str | None = None,
+        image_size: int | None = None,
         expression_encoder: str = "mlp",
         n_genes: int = 2000,
         genes: Sequence[str] | None = None,
@@ -224,12 +230,17 @@ class SpatialCLIP(TransferModel):
         if not temperature > 0:
             msg = f"`temperature` must be positive, got {temperature!r}."
             raise ValueError(msg)
-        if expression_encoder == "sentence" and split_source(image_encoder)[0] != "open_clip":
+        source = split_source(image_encoder)[0]
+        if image_size is not None and source == "open_clip":
+            msg = "`image_size` applies to timm / torchvision towers; open_clip models have their own input size."
+            raise ValueError(msg)
+        if expression_encoder == "sentence" and source != "open_clip":
             msg = "`expression_encoder='sentence'` needs an open_clip `image_encoder` (its text tower reads the genes)."
             raise ValueError(msg)
         super().__init__(
             image_encoder=image_encoder,
             pretrained=None if pretrained is None else str(pretrained),
+            image_size=None if image_size is None else int(image_size),
             expression_encoder=expression_encoder,
             n_genes=int(n_genes),
             genes=None if genes is None else [str(g) for g in genes],
@@ -273,7 +284,7 @@ class SpatialCLIP(TransferModel):
                 clip.visual = nn.Identity()  # the image tower lives in `visual`
                 text_model = clip
         else:
-            visual = load_image_encoder(p["image_encoder"], pretrained)
+            visual = load_image_encoder(p["image_encoder"], pretrained, image_size=p["image_size"])
         return _Net(
             visual,
             n_genes=n_genes,
@@ -692,8 +703,22 @@ class SpatialCLIP(TransferModel):
         return model
 
     def save(self, path: str | os.PathLike) -> None:
-        """Save weights, genes, expression scaling, image preprocessing and arguments to ``path`` (``.npz``)."""
-        super().save(Path(path))
+        """Save weights, genes, expression scaling, image preprocessing and arguments to ``path`` (``.npz``).
+
+        The layout of :meth:`TransferModel.save` (a JSON header and named arrays, no pickle), written
+        uncompressed: network weights hardly compress, and compressing them is slow.
+        """
+        self._check_fitted()
+        header = {
+            "class": type(self).__name__,
+            "format_version": FORMAT_VERSION,
+            "params": self.params,
+            "var_names": self.var_names_.tolist(),
+            "classes": self.classes_,
+            "history": self.history_,
+        }
+        with Path(path).open("wb") as fh:
+            np.savez(fh, __header__=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **self._arrays())
 
     def __repr__(self) -> str:
         state = f"fitted on {len(self.var_names_)} genes" if self.is_fitted else "not fitted"
