@@ -33,7 +33,7 @@ def few_labels(target, n, seed=0):
 
 
 def test_scores_and_verdict_of_a_good_transfer(her2st):
-    # measured: F1 -> D1 score 0.751 (real macro-F1 0.577, the best source for D1)
+    # measured: F1 -> D1 score 0.750 (real macro-F1 0.663, the best source for D1)
     source, target = her2st("F1"), her2st("D1")
     before = snapshot(target)
     with warnings.catch_warnings():
@@ -51,12 +51,12 @@ def test_scores_and_verdict_of_a_good_transfer(her2st):
 
 
 def test_warns_on_a_poor_source(her2st):
-    # measured: B1 -> E1 score 0.197 (real macro-F1 0.322; target-only training on 5% labels: 0.358)
+    # measured: B1 -> E1 score 0.143 (real macro-F1 0.324, below target-only training on 5% of E1's labels)
     source, target = her2st("B1"), her2st("E1")
     with pytest.warns(NegativeTransferWarning, match="negative transfer likely"):
         sptl.tl.transferability(source, target, label_key="label", exclude=EXCL)
     res = target.uns["sptl_transferability"]
-    assert res["negative_transfer"] is True and res["scores"]["score"] < 0.3
+    assert res["negative_transfer"] is True and res["scores"]["score"] < 0.25
     with warnings.catch_warnings():
         warnings.simplefilter("error", NegativeTransferWarning)
         sptl.tl.transferability(source, target, label_key="label", exclude=EXCL, warn=False)
@@ -75,8 +75,8 @@ def test_few_target_labels_compare_with_target_only(her2st):
 
 
 def test_rank_sources_picks_the_best_source(her2st):
-    # measured real macro-F1 into D1: F1 0.577, B1 0.522, A1 0.472, E1 0.433, C1 0.422;
-    # scores: F1 0.751, E1 0.640, A1 0.635, C1 0.533, B1 0.349
+    # measured real macro-F1 into D1: F1 0.663, A1 0.440, B1 0.435, E1 0.415, C1 0.372;
+    # scores: F1 0.750, E1 0.616, A1 0.540, C1 0.485, B1 0.220
     target = her2st("D1")
     candidates = {s: her2st(s) for s in ("A1", "B1", "C1", "E1", "F1")}
     with warnings.catch_warnings():
