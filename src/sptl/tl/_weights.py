@@ -14,6 +14,8 @@ from .._docs import inject_docs
 from ._shift import domain_probabilities, gaussian_kernel, median_bandwidth, section_features
 
 METHODS = ("classifier", "kmm", "kliep")
+#: Most source spots ``method="kmm"`` accepts (its kernel matrix is quadratic in them).
+MAX_KMM = 20000
 
 
 def classifier_weights(x: np.ndarray, y: np.ndarray, *, seed: int) -> np.ndarray:
@@ -181,6 +183,12 @@ def instance_weights(
     _validate.check_adata(target, "target")
     if not max_weight > 1:
         msg = f"`max_weight` must be larger than 1 (the mean weight), got {max_weight!r}."
+        raise ValueError(msg)
+    if method == "kmm" and source.n_obs > MAX_KMM:
+        msg = (
+            f"`method='kmm'` needs a {source.n_obs} x {source.n_obs} kernel matrix; above {MAX_KMM} source spots"
+            " use `method='classifier'` or `method='kliep'`."
+        )
         raise ValueError(msg)
     if int(n_centers) < 1:
         msg = f"`n_centers` must be a positive integer, got {n_centers!r}."
