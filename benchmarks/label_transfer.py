@@ -4,9 +4,10 @@ Every ordered pair of labelled HER2ST sections from different patients (30 pairs
 computed on the target spots whose pathologist label the source has, ``undetermined`` excluded.
 
 Methods
-- ``sptl knn``: :func:`sptl.tl.transfer_labels` (default, spatial smoothing 0.5)
+- ``sptl knn``: :func:`sptl.tl.transfer_labels` (default: label spreading over the spatial graph, 0.8)
 - ``sptl knn (no smoothing)``: same with ``smooth=0``
-- ``sptl gnn``: ``method="gnn"`` (GAT over the spatial graph), without and with domain adaptation
+- ``sptl gnn``: ``method="gnn"`` (GAT over the spatial graph), default (DANN + self-training, label
+  spreading 0.8), without adaptation, and without adaptation or spreading
 - ``tangram``: Tangram (``tangram-sc``) run in its own venv (``benchmarks/peers/setup_tangram.sh``),
   source spots mapped onto target spots and labels projected
 - ``logreg``: scikit-learn logistic regression (class-balanced) on the same features sptl uses
@@ -14,7 +15,8 @@ Methods
 - ``scanpy ingest``: :func:`scanpy.tl.ingest` on log-normalised shared genes (PCA + kNN of scanpy);
   pynndescent 0.7.0 leaves ``n_search_trees`` unset, which crashes ingest, so it is set to 1 here.
 
-Run: ``python benchmarks/label_transfer.py``
+Run: ``python benchmarks/label_transfer.py`` (all methods) or, e.g.,
+``python benchmarks/label_transfer.py --only "sptl knn" "scanpy ingest"`` (a subset, by name prefix).
 """
 
 from __future__ import annotations
@@ -97,9 +99,10 @@ def tangram(src, tgt):
 METHODS = {
     "sptl knn": sptl_transfer,
     "sptl knn (no smoothing)": lambda s, t: sptl_transfer(s, t, smooth=0.0),
-    "sptl gnn": lambda s, t: sptl_transfer(s, t, method="gnn"),
-    "sptl gnn + dann + self-training": lambda s, t: sptl_transfer(
-        s, t, method="gnn", adaptation=["dann", "self_training"]
+    "sptl gnn (default: dann + self-training)": lambda s, t: sptl_transfer(s, t, method="gnn"),
+    "sptl gnn, no adaptation": lambda s, t: sptl_transfer(s, t, method="gnn", adaptation=None),
+    "sptl gnn, no adaptation, no smoothing": lambda s, t: sptl_transfer(
+        s, t, method="gnn", adaptation=None, smooth=0.0
     ),
     "tangram (own venv)": tangram,
     "logreg (sptl features)": logreg,
@@ -107,13 +110,14 @@ METHODS = {
 }
 
 
-def main() -> pd.DataFrame:
+def main(only: list[str] | None = None) -> pd.DataFrame:
     sc.settings.verbosity = 0
+    methods = {k: v for k, v in METHODS.items() if not only or any(k.startswith(o) for o in only)}
     data = {s: sptl.datasets.her2st(s) for s in HER2ST_LABELLED}
     rows = []
     for a, b in itertools.permutations(HER2ST_LABELLED, 2):
         classes = sorted(set(data[a].obs["label"].dropna().astype(str)) - set(EXCL))
-        for name, fn in METHODS.items():
+        for name, fn in methods.items():
             start = time.perf_counter()
             try:
                 pred = fn(data[a], data[b])
@@ -156,4 +160,8 @@ def _has_tabulate() -> bool:
 
 
 if __name__ == "__main__":
-    main()
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", help="run only the methods whose name starts with one of these")
+    main(parser.parse_args().only)
