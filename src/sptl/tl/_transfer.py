@@ -288,5 +288,3 @@ def _propagate(proba: pd.DataFrame, graph: Any, alpha: float, tol: float = 1e-4,
             break
     return pd.DataFrame(F, index=proba.index, columns=proba.columns)
 
-
-_smooth = _propagate  # the name other modules imported before label spreading replaced one-step smoothing
