@@ -171,6 +171,7 @@ def test_spots_outside_the_image_are_refused(visium):
         (np.zeros((50, 50, 5), dtype=np.uint8), ValueError, "multiplexed"),
         (np.zeros((50, 50, 3), dtype=np.int64), TypeError, "dtype int64"),
         (np.zeros((50, 50, 3), dtype=bool), TypeError, "dtype bool"),
+        (np.full((50, 50, 3), 200.0), ValueError, r"float image with values up to 200.*\[0, 1\]"),
     ],
 )
 def test_wrong_channels_or_dtype(visium, image, error, match):

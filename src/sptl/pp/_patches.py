@@ -430,7 +430,17 @@ def check_image(image: Any, where: str) -> Any:
         )
         raise ValueError(msg)
     dtype = np.dtype(image.dtype)
-    if dtype in (np.uint8, np.uint16) or np.issubdtype(dtype, np.floating):
+    if dtype in (np.uint8, np.uint16):
+        return image
+    if np.issubdtype(dtype, np.floating):
+        step = max(1, int(np.sqrt(shape[0] * shape[1] / 1e6)))
+        top = float(np.nanmax(np.asarray(image[::step, ::step, :3])))
+        if top > 1.0 + 1e-6:
+            msg = (
+                f"{where} is a float image with values up to {top:g}: float images must lie in [0, 1]"
+                " (divide by 255, or convert to uint8)."
+            )
+            raise ValueError(msg)
         return image
     msg = f"{where} has dtype {dtype}: expected uint8 (0-255), uint16 or float in [0, 1]."
     raise TypeError(msg)
