@@ -15,7 +15,7 @@
 
 Every alignment runs in a fresh worker process (sptl: this file with ``--worker``; PASTE:
 ``benchmarks/peers/paste.py`` in ``.venv-paste``), which reports its wall time and its peak resident
-memory above the level reached once the data were read.
+memory during the alignment above the level when it started (polled every 20 ms).
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/alignment.py`` (``--parts a b c``, ``--sizes``,
 ``--paste-sizes``; PASTE's venv: ``bash benchmarks/peers/setup_paste.sh``).
@@ -93,7 +93,6 @@ def synthetic_section(n: int, *, n_genes: int = 60, n_domains: int = 6, seed: in
 # ------------------------------------------------------------------------------------ workers
 def sptl_worker(ref_path: str, moved_path: str, out_path: str, plan: bool) -> None:
     """Run align_slices on two h5ad files in this process; same outputs as the PASTE worker."""
-    import resource
     import time
 
     import anndata as ad
@@ -101,11 +100,13 @@ def sptl_worker(ref_path: str, moved_path: str, out_path: str, plan: bool) -> No
     import sptl
 
     ref, moved = ad.read_h5ad(ref_path), ad.read_h5ad(moved_path)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from benchmarks.peers.paste import PeakRSS
+
+    memory = PeakRSS()
     start = time.perf_counter()
     plans = sptl.tl.align_slices([ref, moved], return_plan=True, progress=False)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = memory.stop()
     match = ref.obs_names.get_indexer(moved.obs["spatial_aligned_match"].astype(object).fillna("").to_numpy())
     out = {
         "match": match,
@@ -113,7 +114,7 @@ def sptl_worker(ref_path: str, moved_path: str, out_path: str, plan: bool) -> No
         "aligned_ref": ref.obsm["spatial_aligned"],
         "aligned_moved": moved.obsm["spatial_aligned"],
         "seconds": seconds,
-        "peak_mb": peak - base,
+        "peak_mb": peak,
         "mode": moved.uns["spatial_aligned"]["mode"],
     }
     if plan:
