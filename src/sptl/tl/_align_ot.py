@@ -16,6 +16,9 @@ from scipy.spatial import cKDTree
 from sklearn.cluster import MiniBatchKMeans
 from sklearn.neighbors import NearestNeighbors
 
+#: Weight of the distance after the transform (against expression) in the final matching plan.
+MATCH_ALPHA = 0.5
+
 
 @dataclass
 class PairResult:
@@ -344,9 +347,9 @@ def align_exact(
     # with the slices in one frame, distances after the transform tell neighbouring spots apart where
     # the Gromov-Wasserstein term (distances within each slice) cannot: match on both, refit
     for _ in range(2):
-        G = _transport(a, b, _fused_linear_cost(M, apply(PA, R, t), PB, 0.5, 1.0), overlap)
+        G = _transport(a, b, _fused_linear_cost(M, apply(PA, R, t), PB, MATCH_ALPHA, 1.0), overlap)
         R, t = robust_procrustes(PA, PB, G, mirror=None if allow_mirror else False)
-    G = _transport(a, b, _fused_linear_cost(M, apply(PA, R, t), PB, 0.5, 1.0), overlap)
+    G = _transport(a, b, _fused_linear_cost(M, apply(PA, R, t), PB, MATCH_ALPHA, 1.0), overlap)
     return PairResult(R=R, t=t, plan=G, cost=cost, mode="exact", angle=angle, mirror=mirror, history=history)
 
 
