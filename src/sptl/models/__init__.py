@@ -3,8 +3,17 @@
 from ._abmil import ABMIL
 from ._base import TransferModel
 from ._clip import SpatialCLIP
+from ._encoders import register_open_clip_configs
 from ._gnn import RelationalTransfer
 from ._knn import KNNTransfer
 from ._tradaboost import TrAdaBoost
 
-__all__ = ["ABMIL", "KNNTransfer", "RelationalTransfer", "SpatialCLIP", "TrAdaBoost", "TransferModel"]
+__all__ = [
+    "ABMIL",
+    "KNNTransfer",
+    "RelationalTransfer",
+    "SpatialCLIP",
+    "TrAdaBoost",
+    "TransferModel",
+    "register_open_clip_configs",
+]

@@ -90,18 +90,37 @@ class ImageEncoder(nn.Module):
         return out
 
 
-def register_sptl_configs() -> None:
-    """Make sptl's small open_clip architectures known to :func:`open_clip.create_model`."""
+def register_open_clip_configs() -> list[str]:
+    """Make sptl's small open_clip architectures known to :func:`open_clip.create_model`.
+
+    sptl's functions do this themselves; call it to build one of these models with open_clip directly
+    (for example to write a checkpoint file). The configs are written once per process to a temporary
+    folder that open_clip scans.
+
+    Returns
+    -------
+    The names of the architectures (``"sptl-vit-micro"``, ``"sptl-vit-tiny"``).
+
+    Examples
+    --------
+    >>> import open_clip, sptl
+    >>> sptl.models.register_open_clip_configs()
+    ['sptl-vit-micro', 'sptl-vit-tiny']
+    >>> model = open_clip.create_model("sptl-vit-micro")
+    """
     import open_clip
 
     missing = [n for n in SPTL_OPEN_CLIP_CONFIGS if n not in _registered]
-    if not missing:
-        return
-    folder = Path(tempfile.mkdtemp(prefix="sptl_open_clip_"))
-    for name in missing:
-        (folder / f"{name}.json").write_text(json.dumps(SPTL_OPEN_CLIP_CONFIGS[name]))
-    open_clip.add_model_config(folder)
-    _registered.update(missing)
+    if missing:
+        folder = Path(tempfile.mkdtemp(prefix="sptl_open_clip_"))
+        for name in missing:
+            (folder / f"{name}.json").write_text(json.dumps(SPTL_OPEN_CLIP_CONFIGS[name]))
+        open_clip.add_model_config(folder)
+        _registered.update(missing)
+    return list(SPTL_OPEN_CLIP_CONFIGS)
+
+
+register_sptl_configs = register_open_clip_configs
 
 
 @contextlib.contextmanager
