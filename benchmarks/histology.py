@@ -53,7 +53,7 @@ from sklearn.neighbors import NearestNeighbors
 import sptl
 from sptl.models import SpatialCLIP
 from sptl.models._clip import log_normalize
-from sptl.models._encoders import load_image_encoder, register_sptl_configs
+from sptl.models._encoders import load_image_encoder
 
 sc.settings.verbosity = 0
 
@@ -129,7 +129,7 @@ def evaluate(model, train, test, genes):
 def pretrain(pre, encoder, epochs, path):
     """CLIP on other sections; its image tower saved as an open_clip checkpoint file (what users download)."""
     model = SpatialCLIP(image_encoder=encoder, n_genes=200, max_epochs=epochs, seed=100).fit(pre, progress=False)
-    register_sptl_configs()
+    sptl.models.register_open_clip_configs()
     clip = open_clip.create_model(encoder)
     clip.visual.load_state_dict(model.net_.visual.module.state_dict())
     torch.save(clip.state_dict(), path)

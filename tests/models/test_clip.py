@@ -10,7 +10,7 @@ import torch
 import sptl
 from sptl.models import SpatialCLIP
 from sptl.models._clip import log_normalize
-from sptl.models._encoders import register_sptl_configs, vision_blocks
+from sptl.models._encoders import vision_blocks
 
 MICRO = {"image_encoder": "sptl-vit-micro", "n_genes": 60, "embed_dim": 32}
 
@@ -32,7 +32,7 @@ def model(sections):
 
 @pytest.fixture(scope="module")
 def micro_checkpoint(tmp_path_factory):
-    register_sptl_configs()
+    sptl.models.register_open_clip_configs()
     torch.manual_seed(3)
     clip = open_clip.create_model("sptl-vit-micro")
     path = tmp_path_factory.mktemp("ckpt") / "micro.pt"

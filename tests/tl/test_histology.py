@@ -9,7 +9,6 @@ import torch
 from helpers import assert_unchanged, snapshot
 
 import sptl
-from sptl.models._encoders import register_sptl_configs
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +26,7 @@ def visium(_visium):
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
     """A small open_clip model (sptl's 'sptl-vit-micro' config) and its checkpoint file, as a user would have."""
-    register_sptl_configs()
+    sptl.models.register_open_clip_configs()
     torch.manual_seed(1)
     model = open_clip.create_model("sptl-vit-micro").eval()
     path = tmp_path_factory.mktemp("ckpt") / "micro.pt"
