@@ -104,6 +104,9 @@ class TransferModel(ABC):
         return X
 
     # -- persistence --------------------------------------------------------------------------------
+    #: Whether :meth:`save` compresses the arrays (network weights hardly compress, and slowly).
+    _compress: ClassVar[bool] = True
+
     def save(self, path: str | os.PathLike) -> None:
         """Save weights, genes, classes and constructor arguments to ``path`` (``.npz``)."""
         self._check_fitted()
@@ -115,34 +118,12 @@ class TransferModel(ABC):
             "classes": self.classes_,
             "history": self.history_,
         }
-        arrays = self._arrays()
-        path = Path(path)
-        with path.open("wb") as fh:
-            np.savez_compressed(fh, __header__=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **arrays)
+        write_checkpoint(path, header, self._arrays(), compress=self._compress)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TransferModel:
         """Load a model saved with :meth:`save`; refuses files of another model class or format."""
-        path = Path(path)
-        if not path.exists():
-            msg = f"Checkpoint {path} not found."
-            raise FileNotFoundError(msg)
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                header = json.loads(f["__header__"].tobytes().decode())
-                arrays = {k: f[k] for k in f.files if k != "__header__"}
-        except (ValueError, KeyError, OSError) as e:
-            msg = f"{path} is not an sptl model checkpoint ({e})."
-            raise ValueError(msg) from e
-        if header.get("class") != cls.__name__:
-            msg = f"{path} holds a {header.get('class')!r} model, not a {cls.__name__!r}: load it with that class."
-            raise ValueError(msg)
-        if header.get("format_version") != FORMAT_VERSION:
-            msg = (
-                f"{path} was written in checkpoint format {header.get('format_version')}, this sptl reads"
-                f" format {FORMAT_VERSION}: re-train or use the sptl version that wrote it."
-            )
-            raise ValueError(msg)
+        header, arrays = read_checkpoint(path, cls.__name__)
         missing = [k for k in cls._state_arrays if k not in arrays]
         if missing:
             msg = f"{path} is incomplete: arrays {missing} are missing."
@@ -169,6 +150,44 @@ class TransferModel(ABC):
             f"fitted on {len(self.var_names_)} genes, {len(self.classes_)} classes" if self.is_fitted else "not fitted"
         )
         return f"{type(self).__name__}({args}) [{state}]"
+
+
+def write_checkpoint(
+    path: str | os.PathLike, header: dict[str, Any], arrays: dict[str, np.ndarray], *, compress: bool = True
+) -> None:
+    """Write an sptl checkpoint: one ``.npz`` of named arrays plus a JSON ``__header__`` (no pickle)."""
+    blob = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    with Path(path).open("wb") as fh:
+        (np.savez_compressed if compress else np.savez)(fh, __header__=blob, **arrays)
+
+
+def read_checkpoint(path: str | os.PathLike, class_name: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Read a checkpoint written by :func:`write_checkpoint`: its header and arrays.
+
+    Refuses a missing file, a file that is not an sptl checkpoint, another model class and another
+    checkpoint format, each with a clear error.
+    """
+    path = Path(path)
+    if not path.exists():
+        msg = f"Checkpoint {path} not found."
+        raise FileNotFoundError(msg)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            header = json.loads(f["__header__"].tobytes().decode())
+            arrays = {k: f[k] for k in f.files if k != "__header__"}
+    except (ValueError, KeyError, OSError) as e:
+        msg = f"{path} is not an sptl model checkpoint ({e})."
+        raise ValueError(msg) from e
+    if header.get("class") != class_name:
+        msg = f"{path} holds a {header.get('class')!r} model, not a {class_name!r}: load it with that class."
+        raise ValueError(msg)
+    if header.get("format_version") != FORMAT_VERSION:
+        msg = (
+            f"{path} was written in checkpoint format {header.get('format_version')}, this sptl reads"
+            f" format {FORMAT_VERSION}: re-train or use the sptl version that wrote it."
+        )
+        raise ValueError(msg)
+    return header, arrays
 
 
 def labels_from_proba(proba: pd.DataFrame, threshold: float | None) -> pd.Series:

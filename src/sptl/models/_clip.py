@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +20,7 @@ from .. import _keys, _validate
 from .._device import resolve_device
 from .._progress import progress_bar
 from ..pp._patches import PatchDataset
-from ._base import FORMAT_VERSION, TransferModel
+from ._base import TransferModel
 from ._encoders import (
     ImageEncoder,
     create_open_clip,
@@ -187,6 +185,9 @@ class SpatialCLIP(TransferModel):
     >>> model.transform(adata, modality="image", progress=False).shape
     (150, 16)
     """
+
+    #: Saved uncompressed: network weights hardly compress, and compressing them is slow.
+    _compress = False
 
     def __init__(
         self,
@@ -701,24 +702,6 @@ class SpatialCLIP(TransferModel):
             model.params["device"] = device
             model.net_.to(resolve_device(device))
         return model
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Save weights, genes, expression scaling, image preprocessing and arguments to ``path`` (``.npz``).
-
-        The layout of :meth:`TransferModel.save` (a JSON header and named arrays, no pickle), written
-        uncompressed: network weights hardly compress, and compressing them is slow.
-        """
-        self._check_fitted()
-        header = {
-            "class": type(self).__name__,
-            "format_version": FORMAT_VERSION,
-            "params": self.params,
-            "var_names": self.var_names_.tolist(),
-            "classes": self.classes_,
-            "history": self.history_,
-        }
-        with Path(path).open("wb") as fh:
-            np.savez(fh, __header__=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **self._arrays())
 
     def __repr__(self) -> str:
         state = f"fitted on {len(self.var_names_)} genes" if self.is_fitted else "not fitted"

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,7 +13,7 @@ from sklearn.tree import DecisionTreeClassifier
 from sklearn.tree._tree import Tree
 
 from .._progress import progress_bar
-from ._base import FORMAT_VERSION
+from ._base import FORMAT_VERSION, read_checkpoint, write_checkpoint
 
 ESTIMATORS = ("logistic", "tree")
 
@@ -291,30 +289,12 @@ class TrAdaBoost(ClassifierMixin, BaseEstimator):
                 header["tree_meta"].append(
                     {"max_depth": int(state["max_depth"]), "node_count": int(state["node_count"])}
                 )
-        with Path(path).open("wb") as fh:
-            np.savez_compressed(fh, __header__=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **arrays)
+        write_checkpoint(path, header, arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TrAdaBoost:
         """Load a model written by :meth:`save`; refuses files of another class or format."""
-        path = Path(path)
-        if not path.exists():
-            msg = f"Checkpoint {path} not found."
-            raise FileNotFoundError(msg)
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                header = json.loads(f["__header__"].tobytes().decode())
-                arrays = {k: f[k] for k in f.files if k != "__header__"}
-        except (ValueError, KeyError, OSError) as e:
-            msg = f"{path} is not an sptl model checkpoint ({e})."
-            raise ValueError(msg) from e
-        if header.get("class") != cls.__name__:
-            msg = f"{path} holds a {header.get('class')!r} model, not a {cls.__name__!r}: load it with that class."
-            raise ValueError(msg)
-        if header.get("format_version") != FORMAT_VERSION:
-            version = header.get("format_version")
-            msg = f"{path} was written in checkpoint format {version}, this sptl reads format {FORMAT_VERSION}."
-            raise ValueError(msg)
+        header, arrays = read_checkpoint(path, cls.__name__)
         model = cls(**header["params"])
         model.classes_ = np.array(header["classes"])
         model.n_features_in_ = header["n_features_in"]
