@@ -287,4 +287,3 @@ def _propagate(proba: pd.DataFrame, graph: Any, alpha: float, tol: float = 1e-4,
         if done:
             break
     return pd.DataFrame(F, index=proba.index, columns=proba.columns)
-
