@@ -190,6 +190,26 @@ def read_checkpoint(path: str | os.PathLike, class_name: str) -> tuple[dict[str,
     return header, arrays
 
 
+def source_weights(sources: Sequence[AnnData], weights_key: str | None, labelled: np.ndarray) -> np.ndarray:
+    """Instance weights of all source spots (ones without ``weights_key``), mean 1 over the labelled ones.
+
+    Raises if every labelled spot has weight 0.
+    """
+    if weights_key is None:
+        return np.ones(len(labelled), dtype=np.float32)
+    w = np.concatenate(_validate.check_weights(sources, weights_key, "source"))
+    if not w[labelled].sum() > 0:
+        msg = f"All labelled source spots have weight 0 in `obs[{weights_key!r}]`."
+        raise ValueError(msg)
+    return (w / w[labelled].mean()).astype(np.float32)
+
+
+def class_sizes(codes: np.ndarray, weights: np.ndarray, n_classes: int) -> np.ndarray:
+    """Summed instance weights per class (float32); a class without weight counts as size 1."""
+    freq = np.bincount(codes, weights=weights, minlength=n_classes).astype(np.float32)
+    return np.where(freq > 0, freq, np.float32(1.0))
+
+
 def labels_from_proba(proba: pd.DataFrame, threshold: float | None) -> pd.Series:
     """Argmax labels (categorical); with ``threshold``, rows below it become ``"unassigned"``."""
     cats = [str(c) for c in proba.columns]

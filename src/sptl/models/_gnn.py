@@ -19,7 +19,7 @@ from .._progress import progress_bar
 from ..pp._expression import fit_pca_space, standardized
 from ..pp._graph import build_graph, check_graph
 from ._adapt import grad_reverse, mmd
-from ._base import TransferModel, labels_from_proba
+from ._base import TransferModel, class_sizes, labels_from_proba, source_weights
 
 ENCODERS = ("gat", "sage", "gcn")
 SAMPLERS = ("auto", "tiles", "neighbor")
@@ -281,11 +281,11 @@ class RelationalTransfer(TransferModel):
             source, target, label_key=label_key, layer=layer, exclude=exclude, batch_key=batch_key
         )
         sections = sources + targets
-        spot_weights = (
-            [np.ones(a.n_obs, dtype=np.float32) for a in sources]
-            if weights_key is None
-            else _validate.check_weights(sources, weights_key, "source")
-        )
+        lab = pd.concat(labels)
+        labelled = lab.notna().to_numpy()
+        n_src = len(labelled)
+        sw = np.ones(n_src + sum(a.n_obs for a in targets), dtype=np.float32)  # targets weigh 1 (unlabelled)
+        sw[:n_src] = source_weights(sources, weights_key, labelled)
         coords = [_validate.check_spatial(a, spatial_key, n) for a, n in zip(sections, names, strict=True)]
         graphs = [self._graph(a, spatial_key, graph_key, n) for a, n in zip(sections, names, strict=True)]
         genes = _validate.shared_genes(sections, names, min_shared_genes)
@@ -301,19 +301,10 @@ class RelationalTransfer(TransferModel):
             seed=p["seed"],
         )
         scale = np.vstack(pcs).std(axis=0).clip(1e-6).astype(np.float32)
-        lab = pd.concat(labels)
         classes = sorted(lab.dropna().unique())
-        n_src = sum(a.n_obs for a in sources)
-        codes = np.full(n_src + sum(a.n_obs for a in targets), -1, dtype=np.int64)  # -1 = unlabelled
+        codes = np.full(len(sw), -1, dtype=np.int64)  # -1 = unlabelled
         codes[:n_src] = pd.Categorical(lab, categories=classes).codes
-        sw = np.ones(len(codes), dtype=np.float32)
-        sw[:n_src] = np.concatenate(spot_weights)
-        if not sw[codes >= 0].sum() > 0:
-            msg = f"All labelled source spots have weight 0 in `obs[{weights_key!r}]`."
-            raise ValueError(msg)
-        sw[:n_src] /= sw[:n_src][codes[:n_src] >= 0].mean()
-        freq = np.bincount(codes[codes >= 0], weights=sw[codes >= 0], minlength=len(classes)).astype(np.float32)
-        freq = np.where(freq > 0, freq, 1.0)
+        freq = class_sizes(codes[codes >= 0], sw[codes >= 0], len(classes))
         weights = (freq.sum() / (len(classes) * freq)) if p["balance"] else np.ones_like(freq)
 
         self.var_names_ = hvg

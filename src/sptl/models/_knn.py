@@ -13,7 +13,7 @@ from .. import _validate
 from .._device import resolve_device
 from .._progress import progress_bar
 from ..pp._expression import fit_pca_space, standardized
-from ._base import TransferModel, labels_from_proba
+from ._base import TransferModel, class_sizes, labels_from_proba, source_weights
 
 
 class KNNTransfer(TransferModel):
@@ -118,11 +118,9 @@ class KNNTransfer(TransferModel):
             source, target, label_key=label_key, layer=layer, exclude=exclude
         )
         everything = sources + targets
-        spot_weights = (
-            [np.ones(a.n_obs, dtype=np.float32) for a in sources]
-            if weights_key is None
-            else _validate.check_weights(sources, weights_key, "source")
-        )
+        lab = pd.concat(labels)
+        labelled = lab.notna().to_numpy()
+        sw = source_weights(sources, weights_key, labelled)[labelled]
         genes = _validate.shared_genes(everything, names, min_shared_genes)
         p = self.params
 
@@ -135,17 +133,10 @@ class KNNTransfer(TransferModel):
             n_comps=p["n_comps"],
             seed=p["seed"],
         )
-        lab = pd.concat(labels)
-        labelled = lab.notna().to_numpy()
         src_emb = _l2(np.vstack(pcs[: len(sources)]))[labelled]
         classes = sorted(lab.dropna().unique())
         codes = pd.Categorical(lab[labelled], categories=classes).codes.astype(np.int64)
-        sw = np.concatenate(spot_weights)[labelled]
-        if not sw.sum() > 0:
-            msg = f"All labelled source spots have weight 0 in `obs[{weights_key!r}]`."
-            raise ValueError(msg)
-        freq = np.bincount(codes, weights=sw, minlength=len(classes)).astype(np.float32)
-        freq = np.where(freq > 0, freq, 1.0)
+        freq = class_sizes(codes, sw, len(classes))
         weights = 1.0 / freq if p["balance"] else np.ones_like(freq)
 
         self.var_names_ = pd.Index(hvg)
@@ -154,7 +145,7 @@ class KNNTransfer(TransferModel):
         self.source_embedding_ = src_emb.astype(np.float32)
         self.source_codes_ = codes
         self.class_weights_ = (weights / weights.sum()).astype(np.float32)
-        self.source_weights_ = (sw / sw.mean()).astype(np.float32)
+        self.source_weights_ = sw
         self.history_ = {"n_source_spots": int(labelled.sum()), "n_shared_genes": len(genes)}
         return self
 
@@ -183,7 +174,7 @@ class KNNTransfer(TransferModel):
 
     def proba_from_embedding(self, emb: np.ndarray, index: pd.Index, *, progress: bool = True) -> pd.DataFrame:
         """Class probabilities from an embedding :meth:`transform` already computed (rows ``index``)."""
-        probs = self._vote(emb, progress=progress)
+        probs, _ = self._vote(emb, progress=progress)
         return pd.DataFrame(probs, index=index.copy(), columns=pd.Index(self.classes_))
 
     def predict(
@@ -199,26 +190,39 @@ class KNNTransfer(TransferModel):
         proba = self.predict_proba(adata, layer=layer, max_missing_genes=max_missing_genes, progress=progress)
         return labels_from_proba(proba, None)
 
-    def _vote(self, emb: np.ndarray, *, progress: bool, chunk: int = 4096) -> np.ndarray:
+    def _vote(
+        self, emb: np.ndarray, *, progress: bool, chunk: int = 4096, exclude_self: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities of the vote and each query's mean similarity to its ``k`` neighbours.
+
+        With ``exclude_self`` the queries are the source spots themselves (row i of ``emb`` is source spot
+        i), and each spot's own vote is left out (a leave-one-out vote on the source).
+        """
         device = resolve_device(self.params["device"])
         src = torch.as_tensor(self.source_embedding_, device=device)
         onehot = torch.nn.functional.one_hot(
             torch.as_tensor(self.source_codes_, device=device), num_classes=len(self.classes_)
         ).float() * torch.as_tensor(self.class_weights_, device=device)
         spot_w = torch.as_tensor(self.source_weights_, device=device)
-        k = min(self.params["n_neighbors"], src.shape[0])
+        k = min(self.params["n_neighbors"], src.shape[0] - int(exclude_self))
         out = np.empty((emb.shape[0], len(self.classes_)), dtype=np.float32)
+        mean_sim = np.empty(emb.shape[0], dtype=np.float32)
         starts = range(0, emb.shape[0], chunk)
         for s in progress_bar(starts, enabled=progress, desc="knn transfer: vote", total=len(starts)):
             q = torch.as_tensor(emb[s : s + chunk], device=device)
-            sim, idx = (q @ src.T).topk(k, dim=1)
+            S = q @ src.T
+            if exclude_self:
+                rows = torch.arange(len(q), device=device)
+                S[rows, rows + s] = -torch.inf
+            sim, idx = S.topk(k, dim=1)
             w = (sim.clamp_min(0) * spot_w[idx]).unsqueeze(-1)
             votes = (w * onehot[idx]).sum(1)
             total = votes.sum(1, keepdim=True)
             # a spot with no positively similar neighbour gets a uniform vote
             votes = torch.where(total > 0, votes / total.clamp_min(1e-12), torch.full_like(votes, 1 / votes.shape[1]))
             out[s : s + chunk] = votes.cpu().numpy()
-        return out
+            mean_sim[s : s + chunk] = sim.mean(1).cpu().numpy()
+        return out, mean_sim
 
 
 def _l2(x: np.ndarray) -> np.ndarray:

@@ -36,21 +36,6 @@ class NegativeTransferWarning(UserWarning):
     """The transfer is likely to do worse than not transferring (or than training on the target alone)."""
 
 
-def _vote(model: KNNTransfer, query: np.ndarray, *, exclude_self: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The knn vote of :class:`KNNTransfer` (class-balanced, cosine-weighted) and each query's mean similarity."""
-    S = query @ model.source_embedding_.T
-    if exclude_self:
-        np.fill_diagonal(S, -np.inf)
-    k = min(model.params["n_neighbors"], model.source_embedding_.shape[0] - int(exclude_self))
-    idx = np.argpartition(-S, k - 1, axis=1)[:, :k]
-    sim = np.take_along_axis(S, idx, axis=1)
-    onehot = np.eye(len(model.classes_), dtype=np.float32)[model.source_codes_] * model.class_weights_
-    votes = (sim.clip(0)[:, :, None] * onehot[idx]).sum(1)
-    total = votes.sum(1, keepdims=True)
-    proba = np.where(total > 0, votes / np.maximum(total, 1e-12), 1 / votes.shape[1])
-    return proba, sim.mean(axis=1)
-
-
 def _smoothed(proba: np.ndarray, coords: np.ndarray | None, weight: float) -> np.ndarray:
     if coords is None or weight == 0 or len(proba) < 2:
         return proba
@@ -134,9 +119,9 @@ def assess(
     emb_t = model.transform(target, layer=layer)
     emb_s = model.source_embedding_
 
-    p_t, sim_t = _vote(model, emb_t, exclude_self=False)
+    p_t, sim_t = model._vote(emb_t, progress=False)
     p_t = _smoothed(p_t, tgt_coords, smooth)
-    p_s, sim_s = _vote(model, emb_s, exclude_self=True)  # leave-one-out vote on the source
+    p_s, sim_s = model._vote(emb_s, progress=False, exclude_self=True)  # leave-one-out vote on the source
     p_s = _smoothed(p_s, None if src_coords is None else src_coords[labelled], smooth)
     correct_s = (p_s.argmax(axis=1) == codes).astype(float)
 
