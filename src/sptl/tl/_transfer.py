@@ -278,10 +278,11 @@ def _propagate(proba: pd.DataFrame, graph: Any, alpha: float, tol: float = 1e-4,
     deg = np.asarray(A.sum(axis=1)).ravel()
     S = sparse.diags(1 / np.maximum(deg, 1)) @ A
     P = proba.to_numpy(dtype=np.float32)
+    isolated = deg == 0
     F = P.copy()
     for _ in range(max_iter):
         new = (1 - alpha) * P + alpha * (S @ F)
-        new[deg == 0] = P[deg == 0]
+        new[isolated] = P[isolated]
         done = np.abs(new - F).max() < tol
         F = new
         if done:
