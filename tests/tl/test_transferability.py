@@ -14,7 +14,9 @@ EXCL = ["undetermined"]
 SCORES = {
     "score",
     "expected_f1",
+    "class_coverage",
     "coverage",
+    "score_global",
     "source_f1",
     "iw_source_accuracy",
     "confidence",
@@ -33,7 +35,8 @@ def few_labels(target, n, seed=0):
 
 
 def test_scores_and_verdict_of_a_good_transfer(her2st):
-    # measured: F1 -> D1 score 0.750 (real macro-F1 0.663, the best source for D1)
+    # measured: F1 -> D1 score 0.559, class_coverage -0.057, score_global 0.750 (real macro-F1 0.663, the best
+    # source for D1)
     source, target = her2st("F1"), her2st("D1")
     before = snapshot(target)
     with warnings.catch_warnings():
@@ -43,20 +46,24 @@ def test_scores_and_verdict_of_a_good_transfer(her2st):
     res = out.uns["sptl_transferability"]
     assert set(res["scores"]) == SCORES
     s = res["scores"]
-    assert 0.65 <= s["score"] <= 0.85
+    assert 0.52 <= s["score"] <= 0.62
+    assert -0.1 <= s["class_coverage"] <= 0 and 0.7 <= s["score_global"] <= 0.8
+    assert s["score"] == pytest.approx(s["expected_f1"] * np.exp(5 * s["class_coverage"]))
     assert 0 <= s["entropy"] <= 1 and 0 < s["confidence"] <= 1 and 0 <= s["expected_f1"] <= 1
     assert res["negative_transfer"] is False and res["verdict"].startswith("transfer plausible")
     assert res["classes"] == ["connective tissue", "immune infiltrate", "invasive cancer"]
-    assert res["params"]["min_score"] == 0.55 and res["params"]["exclude"] == EXCL
+    assert res["params"]["min_score"] == 0.5 and res["params"]["exclude"] == EXCL
 
 
 def test_warns_on_a_poor_source(her2st):
-    # measured: B1 -> E1 score 0.143 (real macro-F1 0.324, below target-only training on 5% of E1's labels)
+    # measured: B1 -> E1 score 0.051, class_coverage -0.242 (real macro-F1 0.324, below target-only training on
+    # 5% of E1's labels)
     source, target = her2st("B1"), her2st("E1")
     with pytest.warns(NegativeTransferWarning, match="negative transfer likely"):
         sptl.tl.transferability(source, target, label_key="label", exclude=EXCL)
     res = target.uns["sptl_transferability"]
-    assert res["negative_transfer"] is True and res["scores"]["score"] < 0.25
+    assert res["negative_transfer"] is True and res["scores"]["score"] < 0.15
+    assert res["scores"]["class_coverage"] < -0.2
     with warnings.catch_warnings():
         warnings.simplefilter("error", NegativeTransferWarning)
         sptl.tl.transferability(source, target, label_key="label", exclude=EXCL, warn=False)
@@ -76,9 +83,9 @@ def test_few_target_labels_compare_with_target_only(her2st):
 
 def test_rank_sources_picks_the_best_source(her2st):
     # measured real macro-F1 into D1: F1 0.663, A1 0.440, B1 0.435, E1 0.415, C1 0.372;
-    # scores: F1 0.750, E1 0.616, A1 0.540, C1 0.485, B1 0.220. D1 is the only one of the 6 labelled
-    # targets where the top score is the real best source (benchmarks/diagnostics.py): this checks the
-    # ranking mechanics on a case where the answer is known, not that ranking is generally reliable.
+    # scores: F1 0.559, A1 0.532, E1 0.530, C1 0.343, B1 0.115. The top score is the real best source for
+    # 4 of the 6 labelled targets (benchmarks/diagnostics.py): this checks the ranking mechanics on a case
+    # where the answer is known, not that ranking is always right.
     target = her2st("D1")
     candidates = {s: her2st(s) for s in ("A1", "B1", "C1", "E1", "F1")}
     with warnings.catch_warnings():
@@ -89,7 +96,8 @@ def test_rank_sources_picks_the_best_source(her2st):
     assert res["best"] == "F1" == ranking.index[0]
     assert set(ranking.index) == set(candidates)
     assert (np.diff(ranking["score"].to_numpy()) <= 0).all()
-    assert ranking.loc["B1", "negative_transfer"] and not ranking.loc["F1", "negative_transfer"]
+    assert ranking.loc["B1", "negative_transfer"] and ranking.loc["C1", "negative_transfer"]
+    assert not ranking.loc["F1", "negative_transfer"]
     sptl.tl.rank_sources(
         [candidates["B1"], candidates["F1"]], target, label_key="label", exclude=EXCL, by="entropy", key_added="e"
     )
