@@ -61,8 +61,10 @@ def align_slices(
        (weight ``1 - alpha``) and keeps their spatial neighbourhoods (weight ``alpha``); the rigid
        transform is a Procrustes fit to each spot's best match in that plan, refitted without the
        matches it cannot explain;
-    4. with both slices in one frame, the final plan is exact transport on expression plus the
-       distance after the transform, which tells neighbouring spots apart; the transform is refitted.
+    4. with both slices in one frame, the final plan is a one-to-one matching (exact transport, every
+       spot carrying the same mass) on expression plus the distance after the transform, which tells
+       neighbouring spots apart; every spot of the smaller slice gets one partner and the larger
+       slice's surplus spots stay unmatched; the transform is refitted.
 
     With ``overlap < 1`` the sections only partly overlap: the search uses partial transport of that
     share of the mass (RANSAC does not depend on the centres of mass) and steps 3-4 are replaced by
@@ -121,7 +123,8 @@ def align_slices(
 
     - ``obsm[key_added]``: coordinates in the frame of ``slices[0]``,
     - ``obs[f"{{key_added}}_match"]``: obs name of the spot's best match in the slice it was aligned with
-      (slice ``i - 1``; slice 0 is matched to slice 1); missing where partial transport moved no mass,
+      (slice ``i - 1``; slice 0 is matched to slice 1); missing where the transport moved no mass (the
+      surplus spots of the larger slice of a pair on the exact path; partial overlap),
     - ``obs[f"{{key_added}}_match_mass"]``: share of the spot's mass sent to that match,
     - ``uns[key_added]``: ``params``, ``rotation`` and ``translation`` (``x @ rotation.T + translation``
       maps ``obsm[spatial_key]`` to ``obsm[key_added]``), ``mirror``, ``angle`` (degrees, of the rotation

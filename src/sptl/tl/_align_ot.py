@@ -17,7 +17,9 @@ from sklearn.cluster import MiniBatchKMeans
 from sklearn.neighbors import NearestNeighbors
 
 #: Weight of the distance after the transform (against expression) in the final matching plan.
-MATCH_ALPHA = 0.5
+MATCH_ALPHA = 0.25
+#: Distance (spot spacings) beyond which the final matching no longer tells partners apart by position.
+MATCH_RADIUS = 4.0
 
 
 @dataclass
@@ -129,6 +131,22 @@ def _transport(a: np.ndarray, b: np.ndarray, C: np.ndarray, overlap: float) -> n
     if overlap >= 1:
         return ot.emd(a, b, C, numItermax=1_000_000)
     return ot.partial.partial_wasserstein(a, b, C, m=overlap * min(a.sum(), b.sum()))
+
+
+def match_plan(M: np.ndarray, PAt: np.ndarray, PB: np.ndarray, *, alpha: float = MATCH_ALPHA) -> np.ndarray:
+    """One-to-one matching of the spots of two slices in one frame, as a plan of total mass 1.
+
+    The cost mixes expression ``M`` (weight ``1 - alpha``) and the squared distance after the transform
+    (weight ``alpha``, in spot spacings, capped at ``MATCH_RADIUS``). Every spot carries the same mass,
+    so each spot of the smaller slice is matched to exactly one spot of the larger one, which keeps
+    its surplus spots unmatched: balanced transport with uniform masses would instead have to spread
+    the surplus over chains of neighbouring spots, shifting matches away from their counterparts.
+    """
+    n, m = M.shape
+    a, b = np.full(n, 1 / max(n, m)), np.full(m, 1 / max(n, m))
+    C = (1 - alpha) * M + alpha * np.minimum(_sqdist(PAt, PB), MATCH_RADIUS**2)
+    G = ot.partial.partial_wasserstein(a, b, C, m=min(a.sum(), b.sum()))
+    return G / max(G.sum(), 1e-300)
 
 
 def expression_pairs(XA: np.ndarray, XB: np.ndarray, k: int = 3) -> np.ndarray:
@@ -347,9 +365,9 @@ def align_exact(
     # with the slices in one frame, distances after the transform tell neighbouring spots apart where
     # the Gromov-Wasserstein term (distances within each slice) cannot: match on both, refit
     for _ in range(2):
-        G = _transport(a, b, _fused_linear_cost(M, apply(PA, R, t), PB, MATCH_ALPHA, 1.0), overlap)
+        G = match_plan(M, apply(PA, R, t), PB)
         R, t = robust_procrustes(PA, PB, G, mirror=None if allow_mirror else False)
-    G = _transport(a, b, _fused_linear_cost(M, apply(PA, R, t), PB, MATCH_ALPHA, 1.0), overlap)
+    G = match_plan(M, apply(PA, R, t), PB)
     return PairResult(R=R, t=t, plan=G, cost=cost, mode="exact", angle=angle, mirror=mirror, history=history)
 
 
