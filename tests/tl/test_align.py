@@ -9,7 +9,7 @@ from helpers import assert_unchanged, snapshot
 from scipy import sparse
 
 import sptl
-from sptl.metrics import displacement, match_accuracy
+from sptl.metrics import alignment_accuracy, displacement, match_accuracy
 
 # Floors measured on 20 known-transform cases (4 breast_st slices and 6 labelled HER2ST sections, two
 # random angles each, mirrored or not, 10% spots dropped, counts thinned to 70%, jitter 0.1 spacing):
@@ -87,6 +87,17 @@ def test_stack_of_three_lands_in_the_first_frame(breast1):
             displacement(moved.obsm["spatial_aligned"], breast1.obsm["spatial"][keep])["median"] <= DISPLACEMENT_CEILING
         )
     assert second.uns["spatial_aligned"]["matched_to"] == 1 and second.uns["spatial_aligned"]["slice"] == 2
+
+
+def test_consecutive_sections_match_study_clusters():
+    # HER2ST B4 onto B3 (283 and 298 spots): measured accuracy 0.729 (PASTE on spot units: 0.729)
+    ref, moved = sptl.datasets.her2st("B3"), sptl.datasets.her2st("B4")
+    plan = np.asarray(sptl.tl.align_slices([ref, moved], return_plan=True, progress=False)[0])
+    assert alignment_accuracy(plan, moved.obs["cluster"], ref.obs["cluster"]) >= 0.70
+    # a one-to-one matching: every spot of the smaller slice has one partner, 15 spots of B3 have none
+    assert plan.sum() == pytest.approx(1.0) and ((plan > 0).sum(axis=1) == 1).all()
+    assert ((plan > 0).sum(axis=0) <= 1).all() and (plan.sum(axis=0) == 0).sum() == ref.n_obs - moved.n_obs
+    assert ref.obs["spatial_aligned_match"].isna().sum() == ref.n_obs - moved.n_obs
 
 
 def test_anchor_path_for_large_slices():
