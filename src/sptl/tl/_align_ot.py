@@ -133,18 +133,31 @@ def _transport(a: np.ndarray, b: np.ndarray, C: np.ndarray, overlap: float) -> n
     return ot.partial.partial_wasserstein(a, b, C, m=overlap * min(a.sum(), b.sum()))
 
 
-def match_plan(M: np.ndarray, PAt: np.ndarray, PB: np.ndarray, *, alpha: float = MATCH_ALPHA) -> np.ndarray:
-    """One-to-one matching of the spots of two slices in one frame, as a plan of total mass 1.
+def match_plan(
+    M: np.ndarray,
+    PAt: np.ndarray,
+    PB: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    one_to_one: bool = True,
+    alpha: float = MATCH_ALPHA,
+) -> np.ndarray:
+    """Exact transport of two slices in one frame on expression plus distance, as a plan of total mass 1.
 
     The cost mixes expression ``M`` (weight ``1 - alpha``) and the squared distance after the transform
-    (weight ``alpha``, in spot spacings, capped at ``MATCH_RADIUS``). Every spot carries the same mass,
-    so each spot of the smaller slice is matched to exactly one spot of the larger one, which keeps
-    its surplus spots unmatched: balanced transport with uniform masses would instead have to spread
-    the surplus over chains of neighbouring spots, shifting matches away from their counterparts.
+    (weight ``alpha``, in spot spacings, capped at ``MATCH_RADIUS``). With ``one_to_one`` every spot
+    carries the same mass (``a`` and ``b`` are ignored), so each spot of the smaller slice is matched
+    to exactly one spot of the larger one, which keeps its surplus spots unmatched: balanced transport
+    with uniform masses would instead spread the surplus over chains of neighbouring spots, shifting
+    matches away from their counterparts. Otherwise balanced transport of the masses ``a`` and ``b``
+    (anchors that stand for unequal numbers of spots).
     """
+    C = (1 - alpha) * M + alpha * np.minimum(_sqdist(PAt, PB), MATCH_RADIUS**2)
+    if not one_to_one:
+        return ot.emd(a / a.sum(), b / b.sum(), C, numItermax=1_000_000)
     n, m = M.shape
     a, b = np.full(n, 1 / max(n, m)), np.full(m, 1 / max(n, m))
-    C = (1 - alpha) * M + alpha * np.minimum(_sqdist(PAt, PB), MATCH_RADIUS**2)
     G = ot.partial.partial_wasserstein(a, b, C, m=min(a.sum(), b.sum()))
     return G / max(G.sum(), 1e-300)
 
@@ -336,8 +349,12 @@ def align_exact(
     search_size: int,
     n_local: int,
     rng: np.random.Generator,
+    one_to_one: bool = True,
 ) -> PairResult:
-    """Rigid search, then FGW on all spots (or local unbalanced transport for partial overlap) and Procrustes."""
+    """Rigid search, then FGW on all spots (or local unbalanced transport for partial overlap) and Procrustes.
+
+    ``one_to_one``: the final plan matches spots one to one (:func:`match_plan`); ``False`` for anchors.
+    """
     R, t, angle, mirror, history = rigid_search(
         XA,
         XB,
@@ -365,9 +382,9 @@ def align_exact(
     # with the slices in one frame, distances after the transform tell neighbouring spots apart where
     # the Gromov-Wasserstein term (distances within each slice) cannot: match on both, refit
     for _ in range(2):
-        G = match_plan(M, apply(PA, R, t), PB)
+        G = match_plan(M, apply(PA, R, t), PB, a, b, one_to_one=one_to_one)
         R, t = robust_procrustes(PA, PB, G, mirror=None if allow_mirror else False)
-    G = match_plan(M, apply(PA, R, t), PB)
+    G = match_plan(M, apply(PA, R, t), PB, a, b, one_to_one=one_to_one)
     return PairResult(R=R, t=t, plan=G, cost=cost, mode="exact", angle=angle, mirror=mirror, history=history)
 
 
@@ -521,6 +538,7 @@ def align_anchors(
         search_size=search_size,
         n_local=n_local,
         rng=rng,
+        one_to_one=False,
     )
     coarse.t = coarse.t * unit
     R, t, plan, cost = refine_local(
