@@ -350,8 +350,9 @@ def transferability(
     labels are transferred to the target as well and two committee scores are added:
 
     - ``agreement``: the transfer's accuracy estimated, without target labels, from how often the
-      transfers of ``source`` and the references agree pairwise (:func:`agreement_accuracy`,
-      Platanios et al. 2014),
+      transfers of ``source`` and the references agree pairwise (Platanios et al. 2014: two transfers
+      that err independently agree on a spot with probability ``acc_i * acc_j``; all pairs give every
+      ``acc`` by least squares),
     - ``committee_score``: ``score * agreement``.
 
     With ``target_label_key`` (a few labelled target spots), the transfer's macro-F1 on those spots is
@@ -510,7 +511,7 @@ def rank_sources(
     Every candidate is scored as in :func:`sptl.tl.transferability` (no target labels needed) and
     the candidates are ranked by ``by``. With three or more candidates, their transfers also form a
     committee: ``agreement`` estimates each transfer's accuracy from how often it agrees with the
-    others (:func:`agreement_accuracy`, Platanios et al. 2014) and ``committee_score`` is
+    others (Platanios et al. 2014, as in :func:`sptl.tl.transferability`) and ``committee_score`` is
     ``score * agreement``. On the 30 cross-patient HER2ST pairs (``benchmarks/diagnostics.py``)
     ``committee_score`` correlates a little better with the real macro-F1 than ``score`` (Spearman
     0.63 vs 0.60; 0.60 vs 0.55 within a target) but picks the best source less often (3 vs 4 of 6
