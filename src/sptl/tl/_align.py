@@ -108,7 +108,8 @@ def align_slices(
         Fewest genes all slices must share.
     return_plan
         Also return the transport plans: plan ``k`` couples the spots of ``slices[k + 1]`` (rows) with
-        those of ``slices[k]`` (columns); dense on the exact path, sparse otherwise.
+        those of ``slices[k]`` (columns); dense on the exact path (a one-to-one matching of total mass
+        1: each spot of the smaller slice carries ``1 / n_spots`` of it), sparse otherwise.
     {key_added}
     {seed}
     {progress}
