@@ -6,8 +6,9 @@ computed on the target spots whose pathologist label the source has, ``undetermi
 Methods
 - ``sptl knn``: :func:`sptl.tl.transfer_labels` (default: label spreading over the spatial graph, 0.8)
 - ``sptl knn (no smoothing)``: same with ``smooth=0``
-- ``sptl gnn``: ``method="gnn"`` (GAT over the spatial graph), default (DANN + self-training, label
-  spreading 0.8), without adaptation, and without adaptation or spreading
+- ``sptl gnn``: ``method="gnn"`` (GAT over the spatial graph), default (DANN + self-training on
+  pseudo-labels of a knn teacher spread over the target graph, label spreading 0.8), self-training
+  only, DANN only, without adaptation, and without adaptation or spreading
 - ``tangram``: Tangram (``tangram-sc``) run in its own venv (``benchmarks/peers/setup_tangram.sh``),
   source spots mapped onto target spots and labels projected
 - ``logreg``: scikit-learn logistic regression (class-balanced) on the same features sptl uses
@@ -100,6 +101,8 @@ METHODS = {
     "sptl knn": sptl_transfer,
     "sptl knn (no smoothing)": lambda s, t: sptl_transfer(s, t, smooth=0.0),
     "sptl gnn (default: dann + self-training)": lambda s, t: sptl_transfer(s, t, method="gnn"),
+    "sptl gnn, self-training only": lambda s, t: sptl_transfer(s, t, method="gnn", adaptation="self_training"),
+    "sptl gnn, dann only": lambda s, t: sptl_transfer(s, t, method="gnn", adaptation="dann"),
     "sptl gnn, no adaptation": lambda s, t: sptl_transfer(s, t, method="gnn", adaptation=None),
     "sptl gnn, no adaptation, no smoothing": lambda s, t: sptl_transfer(
         s, t, method="gnn", adaptation=None, smooth=0.0

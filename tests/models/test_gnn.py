@@ -4,6 +4,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import sptl
 from sptl.metrics import label_scores
@@ -87,8 +88,28 @@ def test_adaptation_runs(adaptation, her2st):
     model = RelationalTransfer(max_epochs=15, adaptation=adaptation, encoder="sage")
     model.fit(her2st("C1"), label_key="label", target=her2st("B1"), exclude=EXCL, progress=False)
     assert len(model.history_["adaptation"]) == 15
-    if adaptation != "self_training":
-        assert max(model.history_["adaptation"]) > 0
+    assert max(model.history_["adaptation"]) > 0
+    assert ("n_pseudo_labels" in model.history_) == ("self_training" in adaptation)
+
+
+@pytest.mark.parametrize(("share", "floor"), [(0.5, 0.85), (1.0, 0.72)])
+def test_self_training_pseudo_labels(share, floor, her2st):
+    source, target = her2st("F1"), her2st("D1")
+    model = RelationalTransfer(max_epochs=2, adaptation="self_training", pseudo_label_share=share)
+    model.fit(source, label_key="label", target=target, exclude=EXCL, progress=False)
+    n = model.history_["n_pseudo_labels"]
+    # per class, the most confident `share` of the target spots the teacher assigns to it (ties may add a few)
+    if share == 1.0:
+        assert n == target.n_obs
+    else:
+        assert 0.45 * target.n_obs <= n <= 0.55 * target.n_obs
+    # the teacher's pseudo-labels (knn vote spread over D1's graph) are mostly right, the most confident
+    # half more so: measured 0.91 (share 0.5) and 0.79 (all spots) on the labelled spots (F1 -> D1, seed 0)
+    x, codes, weights, graphs, n_src = _teacher_inputs(model, source, target)
+    pseudo = model._teacher(x, codes, weights, graphs, n_src, torch.device("cpu"), np.random.default_rng(0))[n_src:]
+    truth = target.obs["label"].astype(str).to_numpy()
+    picked = (pseudo >= 0) & np.isin(truth, model.classes_)
+    assert (np.asarray(model.classes_)[pseudo[picked]] == truth[picked]).mean() >= floor
 
 
 def test_batch_key_and_prebuilt_graphs(her2st):
@@ -133,6 +154,8 @@ def test_bad_parameters():
         RelationalTransfer(head="mlp")
     with pytest.raises(ValueError, match="unassigned_threshold"):
         RelationalTransfer(unassigned_threshold=1.5)
+    with pytest.raises(ValueError, match="pseudo_label_share"):
+        RelationalTransfer(pseudo_label_share=0)
 
 
 def test_neighbor_sampler_needs_pyg_lib_or_trains():
@@ -158,3 +181,21 @@ def test_tiles_sampler_batches_cover_every_source_node_once():
     batches = model._batches(coords, np.array([0, source.n_obs]), edge_index, source.n_obs, 1, np.random.default_rng(0))
     seeds = np.concatenate([nodes[mask] for nodes, _, mask in batches()])
     assert np.array_equal(np.sort(seeds), np.arange(source.n_obs))
+
+
+def _teacher_inputs(model, source, target):
+    """The node features, codes, weights and target graph the teacher sees in ``fit`` (one source, one target)."""
+    from sptl.pp._expression import standardized
+    from sptl.pp._graph import build_graph
+
+    def feats(adata):
+        X = model._model_counts(adata, None, 1.0)
+        return model._scale(standardized(X) @ model.components_.T)
+
+    lab = source.obs["label"].astype(object).where(~source.obs["label"].isin(EXCL))
+    codes = np.concatenate(
+        [pd.Categorical(lab, categories=model.classes_).codes, -np.ones(target.n_obs, dtype=np.int64)]
+    ).astype(np.int64)
+    x = np.vstack([feats(source), feats(target)])
+    graph = build_graph(np.asarray(target.obsm["spatial"]), n_neighs=6)[0]
+    return x, codes, np.ones(len(x), dtype=np.float32), [graph], source.n_obs

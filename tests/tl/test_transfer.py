@@ -264,3 +264,15 @@ def test_instance_weights(her2st, method):
         run(source, target, weights_key="w", **kw)
         assert (target.obsm["sptl_label_probabilities"]["immune infiltrate"] == 0).all()
         assert (plain.obs["sptl_label"] == "immune infiltrate").sum() > 0
+
+
+@pytest.mark.parametrize(("pair", "floor"), [(("F1", "D1"), 0.62), (("B1", "D1"), 0.5)])
+def test_gnn_default_real_pairs(pair, floor, her2st):
+    # the default gnn (DANN + self-training from the spread knn teacher + label spreading); measured macro-F1
+    # (seed 0): F1 -> D1 0.678, B1 -> D1 0.572 (knn on the same pairs: 0.663, 0.435)
+    source, target = her2st(pair[0]), her2st(pair[1])
+    sptl.tl.transfer_labels(source, target, label_key="label", method="gnn", exclude=EXCL, progress=False)
+    classes = target.uns["sptl_label"]["classes"]
+    scores = label_scores(target.obs["label"], target.obs["sptl_label"], labels=classes)
+    assert scores["macro_f1"] >= floor
+    assert target.uns["sptl_label"]["history"]["n_pseudo_labels"] > 0.4 * target.n_obs

