@@ -44,24 +44,12 @@ from sklearn.linear_model import LogisticRegression
 import sptl
 from sptl.datasets import HER2ST_LABELLED
 from sptl.metrics import label_scores
+from sptl.tl._transferability import COMMITTEE_SCORES
+from sptl.tl._transferability import SCORES as TRANSFERABILITY_SCORES
 
 EXCL = ["undetermined"]
 SHARE = 0.05
-SCORES = [
-    "score",
-    "expected_f1",
-    "class_coverage",
-    "coverage",
-    "score_global",
-    "source_f1",
-    "iw_source_accuracy",
-    "confidence",
-    "entropy",
-    "snd",
-    "mmd2",
-    "agreement",
-    "committee_score",
-]
+SCORES = [*TRANSFERABILITY_SCORES, *COMMITTEE_SCORES]
 LOWER_IS_BETTER = ("entropy", "mmd2")
 WEIGHTS = (0, 0.5, 1, 1.5, 2, 3, 4, 5, 6, 8)
 THRESHOLDS = np.round(np.arange(0.30, 0.80, 0.01), 2)

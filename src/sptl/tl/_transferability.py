@@ -436,22 +436,6 @@ def transferability(
             )
             raise ValueError(msg)
     _check_common(n_neighbors, smooth, min_score)
-    params = {
-        "label_key": label_key,
-        "exclude": list(exclude),
-        "target_label_key": target_label_key,
-        "references": ref_names or None,
-        "layer": layer,
-        "n_genes": n_genes,
-        "n_comps": n_comps,
-        "n_neighbors": n_neighbors,
-        "smooth": smooth,
-        "spatial_key": spatial_key,
-        "min_score": min_score,
-        "min_shared_genes": min_shared_genes,
-        "seed": seed,
-    }
-    logg.info(f"scoring the transfer of `{label_key}` from {source.n_obs} source spots to {target.n_obs} target spots")
     common = {
         "label_key": label_key,
         "exclude": exclude,
@@ -465,6 +449,13 @@ def transferability(
         "min_shared_genes": min_shared_genes,
         "seed": seed,
     }
+    params = {
+        **common,
+        "exclude": list(exclude),
+        "target_label_key": target_label_key,
+        "references": ref_names or None,
+    }
+    logg.info(f"scoring the transfer of `{label_key}` from {source.n_obs} source spots to {target.n_obs} target spots")
     result = assess(source, target, target_label_key=target_label_key, **common)
     preds = [result.pop("predicted")]
     for name, ad in zip(ref_names, ref_items, strict=True):
