@@ -7,7 +7,8 @@
     section. Scores: share of moved spots whose best match is their true counterpart, median
     displacement of the aligned spots from their counterparts (in spot spacings, in each method's
     output frame), seconds, peak memory.
-(b) Consecutive sections. HER2ST patients A-D, each pair of consecutive sections (20 pairs):
+(b) Consecutive sections. HER2ST patients A-H, each pair of consecutive sections (A-D: 6 sections,
+    5 pairs each; E-H: 3 sections, 2 pairs each; 28 pairs; ``--b-patients`` for a subset):
     PASTE's accuracy (share of transported mass between spots of the same study cluster,
     ``obs['cluster']``), seconds.
 (c) Scale. Synthetic sections (grid of spots, Voronoi domains plus smooth gradients, 60 genes) of
@@ -202,13 +203,15 @@ def part_a() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def part_b(methods: tuple[str, ...] = B_METHODS) -> pd.DataFrame:
+def part_b(methods: tuple[str, ...] = B_METHODS, patients: str = "ABCDEFGH") -> pd.DataFrame:
     import sptl
+    from sptl.datasets import HER2ST_SECTIONS
     from sptl.metrics import alignment_accuracy
 
     rows = []
-    for patient in "ABCD":
-        for i in range(1, 6):
+    for patient in patients:
+        n_sections = sum(s[0] == patient for s in HER2ST_SECTIONS)
+        for i in range(1, n_sections):
             ref, moved = sptl.datasets.her2st(f"{patient}{i}"), sptl.datasets.her2st(f"{patient}{i + 1}")
             for method in methods:
                 if method == "paste, spot units":
@@ -270,6 +273,7 @@ def main() -> None:
     p.add_argument("--sizes", nargs="*", type=int, default=[1_000, 10_000, 100_000])
     p.add_argument("--paste-sizes", nargs="*", type=int, default=[1_000, 2_500])
     p.add_argument("--b-methods", nargs="*", default=list(B_METHODS), help="methods of part (b)")
+    p.add_argument("--b-patients", default="ABCDEFGH", help="HER2ST patients of part (b)")
     p.add_argument("--out", default=None, help="folder for the per-case tables (csv)")
     p.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     p.add_argument("--no-plan", action="store_true", help=argparse.SUPPRESS)
@@ -290,10 +294,10 @@ def main() -> None:
         print(a.groupby("method")[["matched", "displacement", "seconds", "peak_mb"]].agg(["mean", "median", "min"]))
         print("failures:", a.get("error", pd.Series(dtype=object)).notna().groupby(a["method"]).sum().to_dict())
     if "b" in args.parts:
-        b = part_b(tuple(args.b_methods))
+        b = part_b(tuple(args.b_methods), args.b_patients)
         if out:
             b.to_csv(out / "alignment_b.csv", index=False)
-        print("\n(b) consecutive HER2ST sections, 20 pairs")
+        print(f"\n(b) consecutive HER2ST sections, {b['pair'].nunique()} pairs")
         print(b.groupby("method")[["accuracy", "seconds"]].agg(["mean", "median"]))
         wide = b.pivot(index="pair", columns="method", values="accuracy")
         for peer in wide.columns.drop("sptl", errors="ignore"):
