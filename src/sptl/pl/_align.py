@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-import matplotlib.pyplot as plt
 import numpy as np
 from anndata import AnnData
 from matplotlib.axes import Axes
@@ -13,7 +12,8 @@ from matplotlib.collections import LineCollection
 
 from .. import _keys, _validate
 from .._docs import inject_docs
-from ._figure import finish
+from ._figure import check_axes, finish, panel_axes
+from ._figure import spot_size as _spot_size
 from ._transfer import _palette, _tissue_axes
 
 
@@ -74,17 +74,11 @@ def aligned(
                 msg = f"`{name}.{where}[{k!r}]` not found: run `sptl.tl.align_slices(..., key_added={key!r})` first."
                 raise KeyError(msg)
     original = [_validate.check_spatial(ad, spatial_key, n) for ad, n in zip(items, names, strict=True)]
-    if ax is not None and len(ax) != 2:
-        msg = f"`ax` must hold 2 axes (before, after), got {len(ax)}."
-        raise ValueError(msg)
-    if ax is None:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 5), layout="constrained")
-        axes = list(axes)
-    else:
-        axes, fig = list(ax), ax[0].figure
+    check_axes(ax, 2, "before, after")
+    fig, axes = panel_axes(ax, 2, (11, 5))
     colors = list(_palette([str(i) for i in range(len(items))], None).values())
     n_total = sum(ad.n_obs for ad in items)
-    size = spot_size if spot_size is not None else float(np.clip(40000 / max(n_total, 1), 2, 60))
+    size = _spot_size(spot_size, n_total, 40000, 2, 60)
     rng = np.random.default_rng(seed)
 
     offset = 0.0

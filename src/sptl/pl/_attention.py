@@ -5,14 +5,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-import matplotlib.pyplot as plt
 import numpy as np
 from anndata import AnnData
 from matplotlib.axes import Axes
 
 from .. import _keys, _validate
 from .._docs import inject_docs
-from ._figure import finish
+from ._figure import check_axes, finish, panel_axes
+from ._figure import spot_size as _spot_size
 from ._transfer import MISSING_COLOR, _tissue_axes
 
 
@@ -96,9 +96,7 @@ def attention(
         msg = f"`label={label!r}` is not a class of `adata.uns[{key!r}]`; classes are {classes}."
         raise ValueError(msg)
     coords = _validate.check_spatial(adata, spatial_key, "adata")[:, :2]
-    if ax is not None and len(ax) != 2:
-        msg = f"`ax` must hold 2 axes (bag prediction, attention), got {len(ax)}."
-        raise ValueError(msg)
+    check_axes(ax, 2, "bag prediction, attention")
     image, scale = None, 1.0
     if img_key is not None:
         spatial = adata.uns.get(_keys.SPATIAL_UNS, {})
@@ -125,12 +123,8 @@ def attention(
     if relative:
         att = att * bags.map(bags.value_counts()).to_numpy(dtype=float)
 
-    if ax is None:
-        fig, axes = plt.subplots(1, 2, figsize=(10.4, 5), layout="constrained")
-        axes = list(axes)
-    else:
-        axes, fig = list(ax), ax[0].figure
-    size = spot_size if spot_size is not None else float(np.clip(60000 / max(adata.n_obs, 1), 4, 120))
+    fig, axes = panel_axes(ax, 2, (10.4, 5))
+    size = _spot_size(spot_size, adata.n_obs, 60000, 4, 120)
     xy = coords * scale
     panels = [
         (bag_p, f"bag P({label}), out of fold", "viridis", (0.0, 1.0)),

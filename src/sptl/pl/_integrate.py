@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import scanpy as sc
@@ -15,7 +14,8 @@ from matplotlib.lines import Line2D
 
 from .. import _keys, _validate
 from .._docs import inject_docs
-from ._figure import finish
+from ._figure import check_axes, finish, panel_axes
+from ._figure import spot_size as _spot_size
 from ._transfer import MISSING_COLOR, _palette
 
 
@@ -81,20 +81,14 @@ def integration(
             msg = f"`adata.obs[{k!r}]` not found (obs columns: {list(adata.obs.columns)})."
             raise KeyError(msg)
     n_panels = 2 if label_key is not None else 1
-    if ax is not None and len(ax) != n_panels:
-        msg = f"`ax` must hold {n_panels} axes (one per panel), got {len(ax)}."
-        raise ValueError(msg)
+    check_axes(ax, n_panels, "one per panel")
     tmp = AnnData(obs=pd.DataFrame(index=adata.obs_names.copy()))
     tmp.obsm["X"] = np.asarray(adata.obsm[emb], dtype=np.float32)
     sc.pp.neighbors(tmp, use_rep="X", n_neighbors=n_neighbors, random_state=seed)
     sc.tl.umap(tmp, random_state=seed)
     U = tmp.obsm["X_umap"]
-    if ax is None:
-        fig, axes = plt.subplots(1, n_panels, figsize=(5.2 * n_panels, 4.6), layout="constrained")
-        axes = list(np.atleast_1d(axes))
-    else:
-        axes, fig = list(ax), ax[0].figure
-    size = spot_size if spot_size is not None else float(np.clip(30000 / max(adata.n_obs, 1), 2, 40))
+    fig, axes = panel_axes(ax, n_panels, (5.2 * n_panels, 4.6))
+    size = _spot_size(spot_size, adata.n_obs, 30000, 2, 40)
     columns = [batch_key] + ([label_key] if label_key is not None else [])
     for a, col in zip(axes, columns, strict=True):
         values = adata.obs[col].astype(object)

@@ -13,7 +13,7 @@ from matplotlib.axes import Axes
 
 from .. import _keys, _validate
 from .._docs import inject_docs
-from ._figure import finish
+from ._figure import check_axes, finish, panel_axes
 
 
 @inject_docs
@@ -65,14 +65,8 @@ def domain_shift(
         msg = f"`n_genes` must be a positive integer, got {n_genes!r}."
         raise ValueError(msg)
     res = adata.uns[key]
-    if ax is not None and len(ax) != 2:
-        msg = f"`ax` must hold 2 axes (one per panel), got {len(ax)}."
-        raise ValueError(msg)
-    if ax is None:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
-        axes = list(axes)
-    else:
-        axes, fig = list(ax), ax[0].figure
+    check_axes(ax, 2, "one per panel")
+    fig, axes = panel_axes(ax, 2, (11, 4.2))
     if isinstance(res["mmd2"], pd.DataFrame):
         _heatmap(axes[0], res["mmd2"], "MMD$^2$", fig)
         _heatmap(axes[1], pd.DataFrame(res["a_distance"]), "proxy A-distance", fig, vmax=2.0)

@@ -6,7 +6,6 @@ import os
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 from anndata import AnnData
 from matplotlib.axes import Axes
@@ -14,7 +13,8 @@ from matplotlib.lines import Line2D
 
 from .. import _keys, _validate
 from .._docs import inject_docs
-from ._figure import finish
+from ._figure import check_axes, finish, panel_axes
+from ._figure import spot_size as _spot_size
 
 #: Colour of missing / excluded labels.
 MISSING_COLOR = "#d3d3d3"
@@ -81,19 +81,13 @@ def transfer(
         raise KeyError(msg)
     coords = _validate.check_spatial(adata, spatial_key, "adata")
     n_panels = 3 if truth_key is not None else 2
-    if ax is not None and len(ax) != n_panels:
-        msg = f"`ax` must hold {n_panels} axes (one per panel), got {len(ax)}."
-        raise ValueError(msg)
+    check_axes(ax, n_panels, "one per panel")
 
     pred = adata.obs[key].astype(object)
     classes = list(adata.obs[key].cat.categories) if hasattr(adata.obs[key], "cat") else sorted(pred.dropna().unique())
     colors = _palette(classes, palette)
-    if ax is None:
-        fig, axes = plt.subplots(1, n_panels, figsize=(5.2 * n_panels, 5), layout="constrained")
-        axes = list(np.atleast_1d(axes))
-    else:
-        axes, fig = list(ax), ax[0].figure
-    size = spot_size if spot_size is not None else float(np.clip(60000 / max(adata.n_obs, 1), 4, 120))
+    fig, axes = panel_axes(ax, n_panels, (5.2 * n_panels, 5))
+    size = _spot_size(spot_size, adata.n_obs, 60000, 4, 120)
 
     panels: list[tuple[str, pd.Series]] = []
     if truth_key is not None:
