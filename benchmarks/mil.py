@@ -49,25 +49,14 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 import sptl
-from sptl.datasets import HER2ST_LABELLED
 
 SEEDS = range(5)
 POS = "cancer"
 
 
 def her2st_bags() -> ad.AnnData:
-    adata = ad.concat([sptl.datasets.her2st(s) for s in HER2ST_LABELLED], join="inner", merge="same")
-    sc.pp.normalize_total(adata, target_sum=1e4)
-    sc.pp.log1p(adata)
-    sc.pp.highly_variable_genes(adata, n_top_genes=3000, batch_key="section", flavor="seurat")
-    sc.pp.scale(adata, max_value=10)
-    sc.pp.pca(adata, n_comps=10, mask_var="highly_variable", random_state=0)
-    adata.obsm["array"] = adata.obs[["array_x", "array_y"]].to_numpy()
-    sptl.pp.tile_spots(adata, size=4, spatial_key="array", batch_key="section")
-    cancer = (adata.obs["label"] == "invasive cancer").groupby(adata.obs["sptl_tile"], observed=True).transform("any")
-    adata.obs["bag_label"] = pd.Series(np.where(cancer, POS, "no cancer"), index=cancer.index)
-    adata.obs.loc[adata.obs["sptl_tile"].isna(), "bag_label"] = np.nan  # spots in no bag
-    return adata
+    """The bundled HER2ST bags; bag labels are ``POS`` ("cancer") or "no cancer"."""
+    return sptl.datasets.her2st_bags()
 
 
 def localisation(adata: ad.AnnData, score: np.ndarray) -> float:

@@ -4,14 +4,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import anndata as ad
-import numpy as np
-import pandas as pd
 import pytest
 import scanpy as sc
 
 import sptl
-from sptl.datasets import HER2ST_LABELLED
 
 sc.settings.verbosity = 0
 
@@ -37,18 +33,7 @@ def her2st(_her2st_cache):
 def _her2st_bags_session():
     """The six labelled HER2ST sections, 4x4-spot regions as bags ("cancer" if any invasive cancer spot),
     expression PCA (scanpy: log-normalised, HVGs across sections, scaled) as instance features."""
-    adata = ad.concat([sptl.datasets.her2st(s) for s in HER2ST_LABELLED], join="inner", merge="same")
-    sc.pp.normalize_total(adata, target_sum=1e4)
-    sc.pp.log1p(adata)
-    sc.pp.highly_variable_genes(adata, n_top_genes=3000, batch_key="section", flavor="seurat")
-    sc.pp.scale(adata, max_value=10)
-    sc.pp.pca(adata, n_comps=10, mask_var="highly_variable", random_state=0)
-    adata.obsm["array"] = adata.obs[["array_x", "array_y"]].to_numpy()
-    sptl.pp.tile_spots(adata, size=4, spatial_key="array", batch_key="section")
-    cancer = (adata.obs["label"] == "invasive cancer").groupby(adata.obs["sptl_tile"], observed=True).transform("any")
-    adata.obs["bag_label"] = pd.Series(np.where(cancer, "cancer", "no cancer"), index=cancer.index)
-    adata.obs.loc[adata.obs["sptl_tile"].isna(), "bag_label"] = np.nan  # spots in no bag
-    return adata
+    return sptl.datasets.her2st_bags()
 
 
 @pytest.fixture(scope="module")

@@ -72,6 +72,54 @@ def her2st(section: str = "A1", *, path: str | os.PathLike | None = None) -> Ann
     return read_her2st_raw(path, section)
 
 
+def her2st_bags(*, size: int = 4, n_comps: int = 10, path: str | os.PathLike | None = None) -> AnnData:
+    """The six labelled HER2ST sections as bags for multiple-instance learning.
+
+    Every section is cut into squares of ``size`` x ``size`` positions of the ST array
+    (:func:`sptl.pp.tile_spots`, ``obs['sptl_tile']``); a bag is ``"cancer"`` when any of its spots is
+    invasive cancer (``obs['bag_label']``; missing for spots in no bag). Instance features: scanpy's
+    expression PCA (counts per 10k, log1p, 3000 highly variable genes across sections, scaled,
+    ``n_comps`` components in ``obsm['X_pca']``).
+
+    Parameters
+    ----------
+    size
+        Side of a bag in array positions.
+    n_comps
+        Principal components used as instance features.
+    path
+        Folder with the raw release files, as for :func:`sptl.datasets.her2st`; ``None`` uses the bundle.
+
+    Returns
+    -------
+    One AnnData with the spots of A1, B1, C1, D1, E1 and F1 (``obs['section']``).
+
+    Examples
+    --------
+    >>> import sptl
+    >>> bags = sptl.datasets.her2st_bags()
+    >>> bags.obs.groupby("sptl_tile", observed=True)["bag_label"].first().value_counts().to_dict()
+    {'cancer': 152, 'no cancer': 40}
+    """
+    import anndata as ad
+    import scanpy as sc
+
+    from ..pp._tile import tile_spots
+
+    adata = ad.concat([her2st(s, path=path) for s in HER2ST_LABELLED], join="inner", merge="same")
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+    sc.pp.highly_variable_genes(adata, n_top_genes=3000, batch_key="section", flavor="seurat")
+    sc.pp.scale(adata, max_value=10)
+    sc.pp.pca(adata, n_comps=n_comps, mask_var="highly_variable", random_state=0)
+    adata.obsm["array"] = adata.obs[["array_x", "array_y"]].to_numpy()
+    tile_spots(adata, size=size, spatial_key="array", batch_key="section")
+    cancer = (adata.obs["label"] == "invasive cancer").groupby(adata.obs["sptl_tile"], observed=True).transform("any")
+    adata.obs["bag_label"] = pd.Series(np.where(cancer, "cancer", "no cancer"), index=cancer.index)
+    adata.obs.loc[adata.obs["sptl_tile"].isna(), "bag_label"] = np.nan  # spots in no bag
+    return adata
+
+
 def _read_bundled_section(section: str, file: str | os.PathLike | None = None) -> AnnData:
     """Read one section's rows from the bundled file that stores all 36 sections.
 
