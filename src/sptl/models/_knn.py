@@ -214,7 +214,7 @@ def knn_vote(
     codes: np.ndarray,
     *,
     class_weights: np.ndarray,
-    spot_weights: np.ndarray | None = None,
+    spot_weights: np.ndarray,
     k: int,
     device: torch.device,
     progress: bool = False,
@@ -232,7 +232,7 @@ def knn_vote(
     n_classes = len(class_weights)
     onehot = torch.nn.functional.one_hot(torch.as_tensor(codes, device=device), num_classes=n_classes).float()
     onehot = onehot * torch.as_tensor(class_weights, device=device)
-    spot_w = torch.as_tensor(np.ones(len(source), np.float32) if spot_weights is None else spot_weights, device=device)
+    spot_w = torch.as_tensor(spot_weights, device=device)
     k = min(k, src.shape[0] - int(exclude_self))
     out = np.empty((query.shape[0], n_classes), dtype=np.float32)
     mean_sim = np.empty(query.shape[0], dtype=np.float32)

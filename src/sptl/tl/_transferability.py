@@ -19,9 +19,9 @@ from sklearn.model_selection import KFold, StratifiedKFold
 from .. import _keys, _validate
 from .._docs import inject_docs
 from ..models._knn import KNNTransfer
-from ..pp._graph import build_graph
+from ..pp._graph import build_graph, spread_labels
 from ._shift import mmd_test
-from ._transfer import DEFAULT_SMOOTH, _propagate
+from ._transfer import DEFAULT_SMOOTH
 from ._weights import kliep_weights, normalize_weights
 
 #: Fewest labelled target spots (and per class, for the cross-validation) to compare with target-only training.
@@ -63,7 +63,7 @@ def _smoothed(proba: np.ndarray, coords: np.ndarray | None, weight: float) -> np
     if coords is None or weight == 0 or len(proba) < 2:
         return proba
     graph = build_graph(coords, n_neighs=min(6, len(proba) - 1))[0]
-    return _propagate(pd.DataFrame(proba), graph, weight).to_numpy()
+    return spread_labels(proba, graph, weight)
 
 
 def _entropy(p: np.ndarray) -> np.ndarray:
