@@ -16,11 +16,13 @@ Every ordered pair of labelled HER2ST sections from different patients (30 pairs
    labelled spots (same joint PCA features). Share of pairs where each warning is right: the
    unsupervised one (``score < min_score``) and the one with the 5% labels (``target_label_key=``).
 3. Honest protocol for the headline's one fitted number (the weight ``a`` in
-   ``expected_f1 * exp(a * class_coverage)``) and for ``min_score``: picked on the pairs whose target is
-   from patients A-C and scored on targets D-F (and the reverse), and leave-one-target-patient-out
-   (picked on the 25 pairs of the other 5 targets, scored on the held-out target's 5 pairs, pooled).
-   The same for the former headline's family ``expected_f1 * exp(a * coverage)`` and for the committee
-   family ``agreement * expected_f1 * exp(a * class_coverage)``.
+   ``marker_auc * expected_f1 * exp(a * class_coverage)``, ``score`` at ``a = 5``) and for ``min_score``:
+   picked on the pairs whose target is from patients A-C and scored on targets D-F (and the reverse), and
+   leave-one-target-patient-out (picked on the 25 pairs of the other 5 targets, scored on the held-out
+   target's 5 pairs, pooled). The same for the former headlines' families ``expected_f1 * exp(a *
+   class_coverage)`` (``coverage_score``) and ``expected_f1 * exp(a * coverage)``, and for the committee
+   family ``agreement * marker_auc * expected_f1 * exp(a * class_coverage)`` (``committee_score``) and the
+   former committee family without ``marker_auc``.
 4. With 5% of the target's labels or importance weights, on the 95% held-out spots: unweighted knn
    transfer, knn transfer with :func:`sptl.tl.instance_weights` (classifier / KMM / KLIEP),
    :class:`sptl.models.TrAdaBoost` (logistic base, 20 rounds), a logistic regression on source + 5%
@@ -207,9 +209,14 @@ def warning_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _family(df: pd.DataFrame, cov: str, a: float) -> pd.Series:
-    if cov == "committee":  # agreement * expected_f1 * exp(a * class_coverage) = committee_score at a = 5
-        return df["agreement"] * df["expected_f1"] * np.exp(a * df["class_coverage"])
-    return df["expected_f1"] * np.exp(a * df[cov])
+    factor = {
+        "marker": df["marker_auc"],  # = score at a = 5
+        "class_coverage": 1.0,  # = coverage_score at a = 5
+        "coverage": 1.0,
+        "committee": df["agreement"] * df["marker_auc"],  # = committee_score at a = 5
+        "committee_old": df["agreement"],
+    }[cov]
+    return factor * df["expected_f1"] * np.exp(a * df["coverage" if cov == "coverage" else "class_coverage"])
 
 
 def _pick_weight(df: pd.DataFrame, cov: str) -> float:
@@ -226,9 +233,11 @@ def protocol_table(df: pd.DataFrame) -> pd.DataFrame:
     first = df["target"].isin(FIRST_HALF)
     out = []
     for cov, name in (
-        ("class_coverage", "expected_f1 * exp(a * class_coverage)"),
+        ("marker", "marker_auc * expected_f1 * exp(a * class_coverage) (score)"),
+        ("class_coverage", "expected_f1 * exp(a * class_coverage) (coverage_score)"),
         ("coverage", "expected_f1 * exp(a * coverage)"),
-        ("committee", "agreement * expected_f1 * exp(a * class_coverage)"),
+        ("committee", "agreement * marker_auc * expected_f1 * exp(a * class_coverage) (committee_score)"),
+        ("committee_old", "agreement * expected_f1 * exp(a * class_coverage)"),
     ):
         row: dict = {"family": name}
         for label, pick in (("A-C -> D-F", first), ("D-F -> A-C", ~first)):
