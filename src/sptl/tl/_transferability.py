@@ -162,15 +162,14 @@ def marker_auc(
     src.obs["class"] = pd.Categorical(codes[rows].astype(str))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scanpy's notes about log data / fragmented frames
-        sc.tl.rank_genes_groups(src, "class", method="wilcoxon", n_genes=n_markers, use_raw=False)
+        sc.tl.rank_genes_groups(src, "class", method="wilcoxon", n_genes=min(n_markers, src.n_vars), use_raw=False)
     names = src.uns["rank_genes_groups"]["names"]
-    T = target_X.toarray() if sparse.issparse(target_X) else np.asarray(target_X, dtype=np.float64)
-    auc = []
-    for c in keep:
-        genes = np.asarray(names[str(c)], dtype=np.int64)
-        Z = T[:, genes]
-        Z = (Z - Z.mean(axis=0)) / np.maximum(Z.std(axis=0), 1e-6)
-        auc.append(roc_auc_score(pred == c, Z.mean(axis=1)))
+    markers = {c: np.asarray(names[str(c)], dtype=np.int64) for c in keep}
+    used = np.unique(np.concatenate(list(markers.values())))
+    T = target_X[:, used]  # only the marker genes are made dense
+    T = T.toarray() if sparse.issparse(T) else np.asarray(T, dtype=np.float64)
+    T = (T - T.mean(axis=0)) / np.maximum(T.std(axis=0), 1e-6)
+    auc = [roc_auc_score(pred == c, T[:, np.searchsorted(used, markers[c])].mean(axis=1)) for c in keep]
     return float(np.mean(auc))
 
 
