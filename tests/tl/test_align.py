@@ -90,14 +90,22 @@ def test_stack_of_three_lands_in_the_first_frame(breast1):
 
 
 def test_consecutive_sections_match_study_clusters():
-    # HER2ST B4 onto B3 (283 and 298 spots): measured accuracy 0.729 (PASTE on spot units: 0.729)
+    # HER2ST B4 onto B3 (283 and 298 spots): measured accuracy 0.764 (30 PCs: 0.729; PASTE on spot units: 0.729)
     ref, moved = sptl.datasets.her2st("B3"), sptl.datasets.her2st("B4")
     plan = np.asarray(sptl.tl.align_slices([ref, moved], return_plan=True, progress=False)[0])
-    assert alignment_accuracy(plan, moved.obs["cluster"], ref.obs["cluster"]) >= 0.70
+    assert alignment_accuracy(plan, moved.obs["cluster"], ref.obs["cluster"]) >= 0.74
     # a one-to-one matching: every spot of the smaller slice has one partner, 15 spots of B3 have none
     assert plan.sum() == pytest.approx(1.0) and ((plan > 0).sum(axis=1) == 1).all()
     assert ((plan > 0).sum(axis=0) <= 1).all() and (plan.sum(axis=0) == 0).sum() == ref.n_obs - moved.n_obs
     assert ref.obs["spatial_aligned_match"].isna().sum() == ref.n_obs - moved.n_obs
+
+
+def test_consecutive_sections_of_a_patient_never_used_for_tuning():
+    # HER2ST H2 onto H1 (patient H was held out when the defaults were chosen): measured 0.803 (30 PCs:
+    # 0.777; PASTE on spot units 0.797)
+    ref, moved = sptl.datasets.her2st("H1"), sptl.datasets.her2st("H2")
+    plan = sptl.tl.align_slices([ref, moved], return_plan=True, progress=False)[0]
+    assert alignment_accuracy(plan, moved.obs["cluster"], ref.obs["cluster"]) >= 0.77
 
 
 def test_anchor_path_for_large_slices():
