@@ -27,8 +27,13 @@ Every ordered pair of labelled HER2ST sections from different patients (30 pairs
    transfer, knn transfer with :func:`sptl.tl.instance_weights` (classifier / KMM / KLIEP),
    :class:`sptl.models.TrAdaBoost` (logistic base, 20 rounds), a logistic regression on source + 5%
    target pooled, and target-only training.
+5. A check on pairs the scores were not designed on: transfers between sections of one patient (every
+   ordered pair of sections 1-4 of patients A-D and 1-3 of patients E-H, 72 pairs) on the study clusters
+   (``obs['cluster']``, labels no score was tuned with); Spearman of each score with the real macro-F1
+   of the knn transfer, over all 72 pairs and within each target.
 
-Run: ``python benchmarks/diagnostics.py`` (about 10 minutes on 2 busy cores).
+Run: ``python benchmarks/diagnostics.py`` (about 12 minutes on 2 busy cores; ``--skip-within`` leaves
+out part 5).
 """
 
 from __future__ import annotations
@@ -125,7 +130,48 @@ def run_pair(src, tgt) -> dict:
     return row
 
 
-def main() -> pd.DataFrame:
+WITHIN_SECTIONS = {p: 4 if p in "ABCD" else 3 for p in "ABCDEFGH"}
+WITHIN_SCORES = ("score", "coverage_score", "marker_auc", "expected_f1", "class_coverage", "score_global", "source_f1")
+
+
+def within_patient() -> pd.DataFrame:
+    """Part 5: transfers between sections of one patient on the study clusters, scores vs real macro-F1."""
+    rows = []
+    for patient, n in WITHIN_SECTIONS.items():
+        secs = {}
+        for i in range(1, n + 1):
+            s = sptl.datasets.her2st(f"{patient}{i}")
+            s.obs["study_cluster"] = s.obs["cluster"].astype(str).where(s.obs["cluster"].notna())
+            secs[f"{patient}{i}"] = s
+        for a, b in itertools.permutations(secs, 2):
+            src, tgt = secs[a], secs[b].copy()
+            classes = sorted(set(src.obs["study_cluster"].dropna()))
+            pred = tgt.copy()
+            sptl.tl.transfer_labels(src, pred, label_key="study_cluster", progress=False)
+            truth = tgt.obs["study_cluster"].astype(object).to_numpy()
+            f1 = label_scores(truth, pred.obs["sptl_label"].astype(str).to_numpy(), labels=classes)["macro_f1"]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", sptl.tl.NegativeTransferWarning)
+                sptl.tl.transferability(src, tgt, label_key="study_cluster")
+            rows.append({"source": a, "target": b, "f1": f1, **tgt.uns["sptl_transferability"]["scores"]})
+    return pd.DataFrame(rows)
+
+
+def within_table(df: pd.DataFrame) -> pd.DataFrame:
+    out = []
+    for c in WITHIN_SCORES:
+        within = [spearmanr(g[c], g["f1"])[0] for _, g in df.groupby("target")]
+        out.append(
+            {
+                "score": c,
+                f"Spearman with macro-F1 ({len(df)} within-patient pairs)": spearmanr(df[c], df["f1"])[0],
+                "mean Spearman within a target": np.nanmean(within),
+            }
+        )
+    return pd.DataFrame(out).set_index("score")
+
+
+def main(within: bool = True) -> pd.DataFrame:
     sc.settings.verbosity = 0
     data = {s: sptl.datasets.her2st(s) for s in HER2ST_LABELLED}
     rows = []
@@ -155,6 +201,10 @@ def main() -> pd.DataFrame:
     print(_md(protocol_table(df)))
     print()
     print(_md(method_table(df)))
+    if within:
+        w = within_patient()
+        print(f"\nWithin-patient check: {len(w)} ordered pairs of sections of one patient, study clusters\n")
+        print(_md(within_table(w)))
     return df
 
 
@@ -300,4 +350,8 @@ def _md(df: pd.DataFrame) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--skip-within", action="store_true", help="leave out part 5 (within-patient check)")
+    main(within=not parser.parse_args().skip_within)
