@@ -38,8 +38,8 @@ docs: install-test
 	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html
 
 lint: install-test
-	$(VENV)/bin/ruff check src tests benchmarks scripts
-	$(VENV)/bin/ruff format --check src tests benchmarks scripts
+	$(VENV)/bin/ruff check src tests benchmarks scripts tutorials
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts tutorials
 
 clean:
 	rm -rf $(VENV) docs/_build docs/generated sptl_demo .pytest_cache
