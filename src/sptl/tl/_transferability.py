@@ -206,6 +206,51 @@ def agreement_accuracy(labels: Sequence[np.ndarray]) -> np.ndarray:
     return np.clip(np.exp(np.linalg.lstsq(A, y, rcond=None)[0]), 0.0, 1.0)
 
 
+def _knn_transfer(
+    source: AnnData,
+    target: AnnData,
+    *,
+    label_key: str,
+    exclude: Sequence[str],
+    layer: str | None,
+    n_genes: int,
+    n_comps: int,
+    n_neighbors: int,
+    smooth: float,
+    spatial_key: str | None,
+    min_shared_genes: int,
+    seed: int,
+) -> dict[str, Any]:
+    """The knn transfer that :func:`assess` scores: the fitted model, the target's smoothed vote and labels.
+
+    Also what a reference of the committee needs (its predicted labels), without the scores.
+    """
+    src_coords = tgt_coords = None
+    if spatial_key is not None and smooth > 0:
+        src_coords = _validate.check_spatial(source, spatial_key, "source")
+        tgt_coords = _validate.check_spatial(target, spatial_key, "target")
+    model = KNNTransfer(n_genes=n_genes, n_comps=n_comps, n_neighbors=n_neighbors, seed=seed)
+    model.fit(
+        source, label_key=label_key, target=target, layer=layer, exclude=exclude, min_shared_genes=min_shared_genes
+    )
+    labelled = _validate.check_labels([source], label_key, "source", exclude=exclude)[0].notna().to_numpy()
+    if labelled.sum() < 2:
+        msg = f"`source.obs[{label_key!r}]` has {int(labelled.sum())} usable labels: at least 2 are needed."
+        raise ValueError(msg)
+    emb_t = model.transform(target, layer=layer)
+    p_t, sim_t = model._vote(emb_t, progress=False)
+    p_t = _smoothed(p_t, tgt_coords, smooth)
+    return {
+        "model": model,
+        "labelled": labelled,
+        "source_coords": src_coords,
+        "embedding": emb_t,
+        "proba": p_t,
+        "similarity": sim_t,
+        "predicted": np.asarray(model.classes_, dtype=object)[p_t.argmax(axis=1)],
+    }
+
+
 def assess(
     source: AnnData,
     target: AnnData,
@@ -224,28 +269,29 @@ def assess(
     seed: int,
 ) -> dict[str, Any]:
     """All scores of one candidate transfer (validated inputs; nothing is written)."""
-    src_coords = tgt_coords = None
-    if spatial_key is not None and smooth > 0:
-        src_coords = _validate.check_spatial(source, spatial_key, "source")
-        tgt_coords = _validate.check_spatial(target, spatial_key, "target")
     known = None
     if target_label_key is not None:
         known = _target_labels(target, target_label_key, exclude)
-    model = KNNTransfer(n_genes=n_genes, n_comps=n_comps, n_neighbors=n_neighbors, seed=seed)
-    model.fit(
-        source, label_key=label_key, target=target, layer=layer, exclude=exclude, min_shared_genes=min_shared_genes
+    vote = _knn_transfer(
+        source,
+        target,
+        label_key=label_key,
+        exclude=exclude,
+        layer=layer,
+        n_genes=n_genes,
+        n_comps=n_comps,
+        n_neighbors=n_neighbors,
+        smooth=smooth,
+        spatial_key=spatial_key,
+        min_shared_genes=min_shared_genes,
+        seed=seed,
     )
-    labelled = _validate.check_labels([source], label_key, "source", exclude=exclude)[0].notna().to_numpy()
-    if labelled.sum() < 2:
-        msg = f"`source.obs[{label_key!r}]` has {int(labelled.sum())} usable labels: at least 2 are needed."
-        raise ValueError(msg)
+    model, labelled, src_coords = vote["model"], vote["labelled"], vote["source_coords"]
+    p_t, sim_t, emb_t, pred = vote["proba"], vote["similarity"], vote["embedding"], vote["predicted"]
     classes = list(model.classes_)
     codes = model.source_codes_
-    emb_t = model.transform(target, layer=layer)
     emb_s = model.source_embedding_
 
-    p_t, sim_t = model._vote(emb_t, progress=False)
-    p_t = _smoothed(p_t, tgt_coords, smooth)
     p_s, sim_s = model._vote(emb_s, progress=False, exclude_self=True)  # leave-one-out vote on the source
     p_s = _smoothed(p_s, None if src_coords is None else src_coords[labelled], smooth)
     correct_s = (p_s.argmax(axis=1) == codes).astype(float)
@@ -286,7 +332,6 @@ def assess(
         if min(len(emb_s), len(emb_t)) >= 4
         else float("nan"),
     }
-    pred = np.asarray(classes, dtype=object)[p_t.argmax(axis=1)]
     out: dict[str, Any] = {"scores": scores, "classes": classes, "predicted": pred}
     if known is not None:
         mask = known.notna().to_numpy()
@@ -526,22 +571,22 @@ def transferability(
         "n_neighbors": n_neighbors,
         "smooth": smooth,
         "spatial_key": spatial_key,
-        "min_score": min_score,
         "min_shared_genes": min_shared_genes,
         "seed": seed,
     }
     params = {
         **common,
         "exclude": list(exclude),
+        "min_score": min_score,
         "target_label_key": target_label_key,
         "references": ref_names or None,
     }
     logg.info(f"scoring the transfer of `{label_key}` from {source.n_obs} source spots to {target.n_obs} target spots")
-    result = assess(source, target, target_label_key=target_label_key, **common)
+    result = assess(source, target, target_label_key=target_label_key, min_score=min_score, **common)
     preds = [result.pop("predicted")]
     for name, ad in zip(ref_names, ref_items, strict=True):
         try:
-            preds.append(assess(ad, target, target_label_key=None, **common)["predicted"])
+            preds.append(_knn_transfer(ad, target, **common)["predicted"])
         except (KeyError, ValueError, TypeError) as e:
             msg = f"Reference {name!r}: {e}"
             raise type(e)(msg) from e
@@ -656,41 +701,24 @@ def rank_sources(
         )
         raise ValueError(msg)
     _check_common(n_neighbors, smooth, min_score)
-    params = {
+    common = {
         "label_key": label_key,
-        "exclude": list(exclude),
-        "by": by,
+        "exclude": exclude,
         "layer": layer,
         "n_genes": n_genes,
         "n_comps": n_comps,
         "n_neighbors": n_neighbors,
         "smooth": smooth,
         "spatial_key": spatial_key,
-        "min_score": min_score,
         "min_shared_genes": min_shared_genes,
         "seed": seed,
-        "candidates": names,
     }
+    params = {**common, "exclude": list(exclude), "by": by, "min_score": min_score, "candidates": names}
     logg.info(f"ranking {len(items)} candidate sources for {target.n_obs} target spots by `{by}`")
     rows, preds = [], []
     for name, ad in zip(names, items, strict=True):
         try:
-            res = assess(
-                ad,
-                target,
-                label_key=label_key,
-                exclude=exclude,
-                target_label_key=None,
-                layer=layer,
-                n_genes=n_genes,
-                n_comps=n_comps,
-                n_neighbors=n_neighbors,
-                smooth=smooth,
-                spatial_key=spatial_key,
-                min_score=min_score,
-                min_shared_genes=min_shared_genes,
-                seed=seed,
-            )
+            res = assess(ad, target, target_label_key=None, min_score=min_score, **common)
         except (KeyError, ValueError, TypeError) as e:
             msg = f"Candidate {name!r}: {e}"
             raise type(e)(msg) from e
