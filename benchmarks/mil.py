@@ -51,12 +51,7 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 import sptl
 
 SEEDS = range(5)
-POS = "cancer"
-
-
-def her2st_bags() -> ad.AnnData:
-    """The bundled HER2ST bags; bag labels are ``POS`` ("cancer") or "no cancer"."""
-    return sptl.datasets.her2st_bags()
+POS = "cancer"  # the positive bag label of sptl.datasets.her2st_bags ("cancer" / "no cancer")
 
 
 def localisation(adata: ad.AnnData, score: np.ndarray) -> float:
@@ -120,7 +115,7 @@ def run_logreg(adata: ad.AnnData) -> dict[str, float]:
 
 def main() -> pd.DataFrame:
     sc.settings.verbosity = 0
-    adata = her2st_bags()
+    adata = sptl.datasets.her2st_bags()
     bag_labels = adata.obs.groupby("sptl_tile", observed=True)["bag_label"].first()
     print(f"{adata.n_obs} spots, {len(bag_labels)} bags: {bag_labels.value_counts().to_dict()}")
     rows = []
