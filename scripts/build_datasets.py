@@ -88,6 +88,12 @@ def build_mouse_cortex() -> None:
     write(read_merfish_raw(RAW / "tangram_examples"), MERFISH_FILE)
 
 
+def build_merfish_hypothalamus() -> None:
+    from sptl.datasets._merfish import BUNDLED_FILE, read_merfish_hypothalamus_raw
+
+    write(read_merfish_hypothalamus_raw(RAW / "merfish_hypothalamus"), BUNDLED_FILE)
+
+
 BUILDERS = {
     "her2st": build_her2st,
     "breast_st": build_breast_st,
@@ -96,6 +102,7 @@ BUILDERS = {
     "visium_fixture": build_visium_fixture,
     "cscc_st": build_cscc_st,
     "mouse_cortex": build_mouse_cortex,
+    "merfish_hypothalamus": build_merfish_hypothalamus,
 }
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import gzip
 import json
 import os
 import shutil
+from pathlib import Path
 
 import anndata as ad
 import h5py
@@ -207,6 +208,66 @@ def test_mouse_cortex_round_trip(tmp_path, loader, raw_name):
     src = ad.AnnData(X=dense(sub.X).astype(np.float32), obs=obs, var=sub.var.copy())
     src.write_h5ad(tmp_path / raw_name)
     assert_same(getattr(D, loader)(path=tmp_path), sub)
+
+
+# -------------------------------------------------------------------------------- MERFISH hypothalamus
+
+MERFISH_RAW = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "merfish_hypothalamus"
+
+
+@pytest.mark.parametrize(
+    ("section", "n_cells", "n_inhibitory", "n_ambiguous"),
+    [("0.26", 5584, 1743, 752), ("animal1_bregma0.21", 5578, 1666, 791), (None, 11162, 3409, 1543)],
+)
+def test_merfish_hypothalamus_bundled(section, n_cells, n_inhibitory, n_ambiguous):
+    adata = bundled("merfish_hypothalamus", section)
+    check_common(adata, (n_cells, 161), x_dtype=np.float32)
+    assert list(adata.obs["section"].cat.categories) == (
+        list(D.MERFISH_SECTIONS.values()) if section is None else [D.MERFISH_SECTIONS.get(section, section)]
+    )
+    classes = adata.obs["Cell_class"]
+    assert classes.cat.categories.size == 16 and "Ambiguous" in classes.cat.categories
+    assert (classes == "Inhibitory").sum() == n_inhibitory and (classes == "Ambiguous").sum() == n_ambiguous
+    # neuron clusters for the excitatory and inhibitory cells only, missing for all others
+    neuron = adata.obs["Neuron_cluster_ID"]
+    assert isinstance(neuron.dtype, pd.CategoricalDtype) and "" not in neuron.cat.categories
+    np.testing.assert_array_equal(neuron.notna(), classes.isin(["Excitatory", "Inhibitory"]))
+    if section is None:
+        assert neuron.cat.categories.size == 61 and neuron.cat.categories[:8].tolist()[-1] == "E-10"
+    # volume-normalised values: non-negative floats, not whole numbers
+    assert adata.X.min() >= 0 and not np.allclose(adata.X.data, np.round(adata.X.data))
+    blanks = [g for g in adata.var_names if g.startswith("Blank")]
+    assert blanks == [f"Blank_{i}" for i in range(1, 6)]
+    assert adata.X[:, adata.var_names.get_indexer(blanks)].mean() < 0.1 * adata.X.mean()  # controls, ~0
+    np.testing.assert_array_equal(adata.obsm["spatial"], adata.obs[["sdimx", "sdimy"]].to_numpy())
+    assert np.abs(adata.obsm["spatial"]).max() < 1000  # micrometres: a 1.8 mm field of view
+
+
+def test_merfish_hypothalamus_round_trip(tmp_path):
+    full = bundled("merfish_hypothalamus")
+    sub = full[::150, some_genes(full, 20)].copy()
+    obs = sub.obs.copy()
+    obs.insert(0, "Cell_name", [f"uuid-{i}" for i in range(sub.n_obs)])  # dropped by the parser
+    neuron = obs["Neuron_cluster_ID"]
+    obs["Neuron_cluster_ID"] = neuron.cat.add_categories([""]).fillna("")  # the source writes '' for non-neurons
+    for col in ("section", "bregma"):  # the source's categories are sorted alphabetically
+        obs[col] = obs[col].cat.reorder_categories(sorted(obs[col].cat.categories))
+    src = ad.AnnData(X=sparse.csr_matrix(sub.X), obs=obs, var=pd.DataFrame(index=sub.var_names))
+    src.obsm["spatial"] = sub.obsm["spatial"]
+    src.write_h5ad(tmp_path / "animal1_bregma0.26_0.21_161genes.h5ad")
+    parsed = D.merfish_hypothalamus(path=tmp_path)
+    assert_same(parsed, sub)
+    assert list(parsed.obs.columns) == list(sub.obs.columns)
+    for col in ("Neuron_cluster_ID", "section", "bregma"):
+        assert list(parsed.obs[col].cat.categories) == list(sub.obs[col].cat.categories), col
+    assert_same(D.merfish_hypothalamus("0.21", path=tmp_path), sub[sub.obs["bregma"] == "0.21"])
+
+
+@pytest.mark.skipif(not MERFISH_RAW.exists(), reason=f"raw file folder {MERFISH_RAW} not present")
+def test_merfish_hypothalamus_raw_equals_bundled():
+    parsed, expected = D.merfish_hypothalamus(path=MERFISH_RAW), bundled("merfish_hypothalamus")
+    assert_same(parsed, expected)
+    assert parsed.obs.equals(expected.obs) and parsed.var.equals(expected.var)
 
 
 # ---------------------------------------------------------------------------------------------- Visium
@@ -425,6 +486,7 @@ def test_dlpfc_download(tmp_path):
         (lambda: D.breast_st(5), "[1, 2, 3, 4]"),
         (lambda: D.visium_prostate("tumour"), "['normal', 'cancer']"),
         (lambda: D.dlpfc("151500"), "'151507'"),
+        (lambda: D.merfish_hypothalamus("0.3"), "['0.26', '0.21', 'animal1_bregma0.26', 'animal1_bregma0.21']"),
     ],
 )
 def test_unknown_choice_lists_the_choices(call, choice):
