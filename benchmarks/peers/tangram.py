@@ -40,13 +40,21 @@ def tangram_labels(
     exclude: Sequence[str] = ("undetermined",),
     timeout: float = 600,
     device: str = "cpu",
+    mode: str = "cells",
+    density_prior: str = "rna_count_based",
+    genes: str = "markers",
+    normalize: str = "1e4",
+    readout: str = "mass",
     extra_args: Sequence[str] = (),
 ) -> np.ndarray:
     """Labels of ``target`` spots transferred from ``source`` by Tangram.
 
-    Both AnnData need raw counts in ``.X``; ``source.obs[label_key]`` holds the labels. ``extra_args``
-    go to ``tangram_transfer.py`` (for example ``["--epochs", "500"]``). Returns the predicted label
-    of each target spot, in ``target.obs_names`` order.
+    Both AnnData need raw counts in ``.X`` (or non-negative normalised values, e.g. with
+    ``normalize="none"``); ``source.obs[label_key]`` holds the labels. ``mode``, ``density_prior``,
+    ``genes``, ``normalize`` and ``readout`` are the options of the same names of
+    ``tangram_transfer.py`` (defaults: its defaults, Tangram's cells mode on marker genes); ``extra_args``
+    go to it as they are (for example ``["--epochs", "500"]``). Returns the predicted label of each
+    target spot, in ``target.obs_names`` order.
     """
     if label_key not in source.obs:
         msg = f"source.obs has no column {label_key!r}"
@@ -61,7 +69,8 @@ def tangram_labels(
         _slim(source, [label_key]).write_h5ad(src)
         _slim(target).write_h5ad(tgt)
         cmd = [str(python), str(SCRIPT), str(src), str(tgt), str(out), "--label-key", label_key, "--device", device]
-        cmd += ["--exclude", *exclude, *extra_args]
+        cmd += ["--mode", mode, "--density-prior", density_prior, "--genes", genes, "--normalize", normalize]
+        cmd += ["--readout", readout, "--exclude", *exclude, *extra_args]
         try:
             run = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
         except subprocess.TimeoutExpired as e:
