@@ -75,7 +75,7 @@ def zscore_pca(adata: ad.AnnData) -> np.ndarray:
 
     codes, _ = pd.factorize(adata.obs["batch"])
     views = [adata[codes == k] for k in range(codes.max() + 1)]
-    _, _, feats = fit_pca_space(
+    _, _, feats, _ = fit_pca_space(
         views, [v.X for v in views], genes=adata.var_names, n_sources=len(views), n_genes=2000, n_comps=50, seed=0
     )
     Z = np.zeros((adata.n_obs, feats[0].shape[1]), dtype=np.float32)

@@ -6,12 +6,31 @@ the key or the shape at fault and says how to fix it.
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 from scipy import sparse
+
+#: Fewest genes label transfer and the other expression methods accept (default of ``min_shared_genes``).
+MIN_SHARED_GENES = 10
+#: Below this many shared genes a warning says that few classes can be told apart.
+FEW_SHARED_GENES = 20
+#: Control probes of imaging panels, ignored wherever genes are shared (case-insensitive name prefixes):
+#: MERFISH / MERSCOPE ``Blank-*``, Xenium ``NegControlProbe_*``, ``NegControlCodeword_*``,
+#: ``UnassignedCodeword_*``, ``DeprecatedCodeword_*``, ``BLANK_*``, ``Intergenic_Region_*``, CosMx
+#: ``NegPrb*``, ``SystemControl*``, ``FalseCode*``.
+CONTROL_GENES = re.compile(
+    r"^(blank|negcontrol|negprb|systemcontrol|falsecode|unassignedcodeword|deprecatedcodeword|intergenic_region)",
+    re.IGNORECASE,
+)
+#: Largest value of a non-integer matrix that is taken as already log-transformed: log1p of counts per
+#: 10,000 stays below 10 and log1p of counts per million below 14, while normalised values that are not
+#: log-transformed (volume-normalised MERFISH, counts per 10,000) reach far higher in highly expressed genes.
+LOG_MAX = 20.0
 
 
 def as_adata_list(data: AnnData | Sequence[AnnData], name: str) -> list[AnnData]:
@@ -76,11 +95,47 @@ def get_counts(adata: AnnData, layer: str | None, name: str = "adata") -> np.nda
         raise ValueError(msg)
     if np.size(values) and values.min() < 0:
         msg = (
-            f"{where} holds negative values: sptl expects raw counts here (pass `layer=` with the counts"
-            " if `.X` is scaled)."
+            f"{where} holds negative values: sptl expects raw counts or normalised, non-negative values here"
+            " (pass `layer=` with the counts if `.X` is scaled)."
         )
         raise ValueError(msg)
+    totals = np.asarray(X.sum(axis=1)).ravel() if X.ndim == 2 else np.asarray(X)
+    n_empty = int((totals == 0).sum())
+    if n_empty and n_empty == len(totals):
+        msg = f"{where} has no counts in any observation (all zero): there is no expression to work with."
+        raise ValueError(msg)
+    if n_empty:
+        warnings.warn(
+            f"{where}: {n_empty} of {len(totals)} observations have no counts at all; their results carry no"
+            " information of their own (filter them with `scanpy.pp.filter_cells(adata, min_counts=1)`).",
+            UserWarning,
+            stacklevel=3,
+        )
+    if value_kind(X) == "log":
+        warnings.warn(
+            f"{where} looks log-transformed (non-integer values, none above {LOG_MAX:g}): sptl expects raw"
+            " counts or normalised values that are not log-transformed, and uses these as they are. Pass the"
+            " counts (for example `layer='counts'`) if you have them.",
+            UserWarning,
+            stacklevel=3,
+        )
     return X
+
+
+def value_kind(X: np.ndarray | sparse.spmatrix) -> str:
+    """What the non-negative values of an expression matrix are, judged from the values.
+
+    ``"counts"``: all integers (raw counts, stored as integers or floats). ``"log"``: not all integers and
+    none above :data:`LOG_MAX` (log-transformed already). ``"normalized"``: other non-integer values,
+    such as volume-normalised imaging panels (MERFISH) or counts per 10,000 that are not log-transformed.
+    """
+    values = X.data if sparse.issparse(X) else np.asarray(X).ravel()
+    sample = values
+    if values.size > 1_000_000:  # every value for the maximum, a fixed sample for the integer test
+        sample = values[np.random.default_rng(0).choice(values.size, 1_000_000, replace=False)]
+    if values.size == 0 or np.issubdtype(values.dtype, np.integer) or np.all(sample == np.round(sample)):
+        return "counts"
+    return "log" if float(values.max()) <= LOG_MAX else "normalized"
 
 
 def check_spatial(adata: AnnData, spatial_key: str, name: str = "adata") -> np.ndarray:
@@ -135,18 +190,31 @@ def check_labels(adatas: Sequence[AnnData], label_key: str, name: str, exclude: 
     return out
 
 
-def shared_genes(adatas: Sequence[AnnData], names: Sequence[str], min_shared: int) -> pd.Index:
-    """Return the genes all ``adatas`` share (in the first one's order), or raise if too few."""
+def shared_genes(adatas: Sequence[AnnData], names: Sequence[str], min_shared: int = MIN_SHARED_GENES) -> pd.Index:
+    """Return the genes all ``adatas`` share (in the first one's order), control probes left out.
+
+    Control probes (:data:`CONTROL_GENES`) never count. Raises if fewer than ``min_shared`` genes remain
+    and warns below :data:`FEW_SHARED_GENES`.
+    """
     genes = adatas[0].var_names
     for ad in adatas[1:]:
         genes = genes[genes.isin(ad.var_names)]
+    genes = genes[[CONTROL_GENES.match(str(g)) is None for g in genes]]
+    sizes = ", ".join(f"{n}: {ad.n_vars}" for n, ad in zip(names, adatas, strict=True))
     if len(genes) < min_shared:
-        sizes = ", ".join(f"{n}: {ad.n_vars}" for n, ad in zip(names, adatas, strict=True))
         msg = (
-            f"Only {len(genes)} genes are shared ({sizes} genes), fewer than `min_shared_genes={min_shared}`."
-            " Check that all inputs use the same gene identifiers (symbols vs Ensembl ids, case)."
+            f"Only {len(genes)} genes are shared ({sizes} genes; control probes such as `Blank-*` not"
+            f" counted), fewer than `min_shared_genes={min_shared}`. Check that all inputs use the same gene"
+            " identifiers (symbols vs Ensembl ids, case)."
         )
         raise ValueError(msg)
+    if len(genes) < FEW_SHARED_GENES:
+        warnings.warn(
+            f"Only {len(genes)} genes are shared ({sizes} genes): with fewer than {FEW_SHARED_GENES} genes few"
+            " classes can be told apart; expect a weak transfer.",
+            UserWarning,
+            stacklevel=3,
+        )
     return genes
 
 

@@ -106,7 +106,12 @@ def test_self_training_pseudo_labels(share, floor, her2st):
     # the teacher's pseudo-labels (knn vote spread over D1's graph) are mostly right, the most confident
     # half more so: measured 0.91 (share 0.5) and 0.79 (all spots) on the labelled spots (F1 -> D1, seed 0)
     x, codes, weights, graphs, n_src = _teacher_inputs(model, source, target)
-    pseudo = model._teacher(x, codes, weights, graphs, n_src, torch.device("cpu"), np.random.default_rng(0))[n_src:]
+    pseudo, smoothing = model._teacher(
+        x, codes, weights, graphs, n_src, 1, torch.device("cpu"), np.random.default_rng(0)
+    )
+    pseudo = pseudo[n_src:]
+    # F1's regions are coherent (label coherence 0.60), so the teacher spreads its votes strongly
+    assert smoothing["measured_on"] == "source" and smoothing["alpha"] > 0.7
     truth = target.obs["label"].astype(str).to_numpy()
     picked = (pseudo >= 0) & np.isin(truth, model.classes_)
     assert (np.asarray(model.classes_)[pseudo[picked]] == truth[picked]).mean() >= floor
@@ -184,18 +189,18 @@ def test_tiles_sampler_batches_cover_every_source_node_once():
 
 
 def _teacher_inputs(model, source, target):
-    """The node features, codes, weights and target graph the teacher sees in ``fit`` (one source, one target)."""
+    """The node features, codes, weights and graphs the teacher sees in ``fit`` (one source, one target)."""
     from sptl.pp._expression import standardized
     from sptl.pp._graph import build_graph
 
     def feats(adata):
         X = model._model_counts(adata, None, 1.0)
-        return model._scale(standardized(X) @ model.components_.T)
+        return model._scale(standardized(X, float(model.target_sum_)) @ model.components_.T)
 
     lab = source.obs["label"].astype(object).where(~source.obs["label"].isin(EXCL))
     codes = np.concatenate(
         [pd.Categorical(lab, categories=model.classes_).codes, -np.ones(target.n_obs, dtype=np.int64)]
     ).astype(np.int64)
     x = np.vstack([feats(source), feats(target)])
-    graph = build_graph(np.asarray(target.obsm["spatial"]), n_neighs=6)[0]
-    return x, codes, np.ones(len(x), dtype=np.float32), [graph], source.n_obs
+    graphs = [build_graph(np.asarray(a.obsm["spatial"]), n_neighs=6)[0] for a in (source, target)]
+    return x, codes, np.ones(len(x), dtype=np.float32), graphs, source.n_obs

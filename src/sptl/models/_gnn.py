@@ -16,8 +16,8 @@ from torch.nn import functional as F
 from .. import _keys, _validate
 from .._device import resolve_device
 from .._progress import progress_bar
-from ..pp._expression import fit_pca_space, standardized
-from ..pp._graph import DEFAULT_SMOOTH, build_graph, check_graph, spread_labels
+from ..pp._expression import PANEL_GENES, fit_pca_space, standardized
+from ..pp._graph import REGION_COHERENCE, build_graph, check_graph, choose_smooth, spread_labels
 from ._adapt import grad_reverse, mmd
 from ._base import TransferModel, class_sizes, labels_from_proba, source_weights
 from ._knn import _l2, knn_vote
@@ -25,10 +25,22 @@ from ._knn import _l2, knn_vote
 ENCODERS = ("gat", "sage", "gcn")
 SAMPLERS = ("auto", "tiles", "neighbor")
 ADAPTATIONS = ("mmd", "dann", "self_training")
+#: What ``adaptation="auto"`` may use. Self-training only when the source labels form tissue regions
+#: (label coherence >= :data:`sptl.pp._graph.REGION_COHERENCE`; HER2ST regions 0.6-0.83): the knn teacher's
+#: strength is spreading its votes over the target's graph. For cell types intermixed in space (coherence
+#: about 0.15) it is a plain knn vote, weaker than the network: on MERFISH cell classes self-training from
+#: it cost 0.05-0.06 macro-F1, while on the 30 cross-patient HER2ST pairs it lifts the gnn above the knn.
+AUTO_ADAPTATION = ("dann", "self_training")
 #: Source spots that vote in the knn teacher of self-training (a random subset above this, for speed).
 TEACHER_MAX_SOURCE = 50_000
 #: Neighbours that vote in the knn teacher (as :class:`KNNTransfer`'s default).
 TEACHER_NEIGHBORS = 15
+#: Principal components used as node features (``n_comps=None``) for transcriptomes (more genes than
+#: :data:`sptl.pp._expression.PANEL_GENES`; a targeted panel keeps all of them), where the leading
+#: components carry the signal and the rest mostly noise: on the 30 cross-patient HER2ST pairs mean
+#: macro-F1 0.454 / 0.486 / 0.474 / 0.453 with 30 / 50 / 100 / 200 components; on the 155-gene MERFISH
+#: panel 0.698 with 100 and 0.719 with all components.
+TRANSCRIPTOME_COMPS = 50
 
 
 class _Net(nn.Module):
@@ -53,14 +65,19 @@ class _Net(nn.Module):
         self.convs = nn.ModuleList()
         self.norms = nn.ModuleList()
         for _ in range(n_layers):
+            # messages come from the neighbours only: a node's own state passes through the residual path
             if encoder == "gat":
-                conv = GATConv(hidden, hidden // heads, heads=heads, dropout=dropout)
+                conv = GATConv(hidden, hidden // heads, heads=heads, dropout=dropout, add_self_loops=False)
             elif encoder == "sage":
-                conv = SAGEConv(hidden, hidden)
+                conv = SAGEConv(hidden, hidden, root_weight=False)
             else:
-                conv = GCNConv(hidden, hidden)
+                conv = GCNConv(hidden, hidden, add_self_loops=False)
             self.convs.append(conv)
             self.norms.append(nn.LayerNorm(hidden))
+        # how much each layer adds of the neighbours' messages, learned from the data and starting at 0: the
+        # network uses a node's neighbourhood as features where they help (tissue regions, niches) and
+        # keeps to the node's own expression where they do not (cell types intermixed in space)
+        self.gates = nn.Parameter(torch.zeros(n_layers))
         self.dropout = dropout
         self.head = nn.Linear(hidden, n_classes, bias=not cosine)
         self.cosine = cosine
@@ -68,8 +85,8 @@ class _Net(nn.Module):
 
     def embed(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
         h = F.elu(self.inp(F.dropout(x, self.dropout, self.training)))
-        for conv, norm in zip(self.convs, self.norms, strict=True):
-            h = norm(h + F.elu(conv(F.dropout(h, self.dropout, self.training), edge_index)))
+        for conv, norm, gate in zip(self.convs, self.norms, self.gates, strict=True):
+            h = norm(h + gate * F.elu(conv(F.dropout(h, self.dropout, self.training), edge_index)))
         return h
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,11 +121,16 @@ class RelationalTransfer(TransferModel):
     adaptation
         Domain adaptation while training with a target: ``None``, ``"mmd"`` (maximum mean discrepancy
         between source and target embeddings), ``"dann"`` (gradient reversal with a domain
-        classifier), ``"self_training"`` (target pseudo-labels from a knn teacher, see below), or a list
-        of them. Self-training: a cosine knn vote of the source spots (as :class:`KNNTransfer`) labels the
-        target spots, the votes are spread over the target's spatial graph (label spreading, weight 0.8),
-        and the most confident ``pseudo_label_share`` of the spots given each class become pseudo-labels
-        that the network also learns from, so it picks up the target's own relational patterns.
+        classifier), ``"self_training"`` (target pseudo-labels from a knn teacher, see below), a list
+        of them, or ``"auto"``: DANN, plus self-training when the source labels form spatially coherent
+        regions (label coherence of at least 0.5, see ``smooth`` of :func:`sptl.tl.transfer_labels`);
+        cell types intermixed in space learn better from the source alone than from a knn teacher.
+        Self-training: a cosine knn vote of the source spots (as :class:`KNNTransfer`) labels the
+        target spots, the votes are spread over the target's spatial graph (label spreading, with the
+        weight that the spatial coherence of the source labels sets, as ``smooth="auto"`` of
+        :func:`sptl.tl.transfer_labels`), and the most confident ``pseudo_label_share`` of the spots
+        given each class become pseudo-labels that the network also learns from, so it picks up the
+        target's own relational patterns.
     adaptation_weight
         Weight of the adaptation losses.
     pseudo_label_share
@@ -127,7 +149,8 @@ class RelationalTransfer(TransferModel):
     n_genes
         Highly variable genes chosen on the source.
     n_comps
-        Principal components used as node features.
+        Principal components used as node features. ``None``: all of them for a targeted panel (at
+        most 500 genes used), else 50.
     n_neighs
         Neighbours per node when the graph is built on the fly.
     max_epochs
@@ -162,7 +185,7 @@ class RelationalTransfer(TransferModel):
     ['connective tissue', 'immune infiltrate', 'invasive cancer']
     """
 
-    _state_arrays = ("components_", "class_weights_", "feature_scale_")
+    _state_arrays = ("components_", "target_sum_", "class_weights_", "feature_scale_")
 
     def __init__(
         self,
@@ -172,7 +195,7 @@ class RelationalTransfer(TransferModel):
         n_layers: int = 2,
         heads: int = 4,
         dropout: float = 0.3,
-        adaptation: str | Sequence[str] | None = None,
+        adaptation: str | Sequence[str] | None = "auto",
         adaptation_weight: float = 0.5,
         pseudo_label_share: float = 0.5,
         balance: bool = True,
@@ -180,7 +203,7 @@ class RelationalTransfer(TransferModel):
         head: str = "cosine",
         normalize: bool = True,
         n_genes: int = 3000,
-        n_comps: int = 30,
+        n_comps: int | None = None,
         n_neighs: int = 6,
         max_epochs: int = 150,
         lr: float = 3e-3,
@@ -199,9 +222,12 @@ class RelationalTransfer(TransferModel):
                 " your torch version, or use `sampler='tiles'`."
             )
             raise ImportError(msg)
-        adapt = [] if adaptation is None else [adaptation] if isinstance(adaptation, str) else list(adaptation)
-        for a in adapt:
-            _validate.check_choice(a, "adaptation", ADAPTATIONS)
+        if isinstance(adaptation, str) and adaptation == "auto":
+            adapt: str | list[str] = "auto"
+        else:
+            adapt = [] if adaptation is None else [adaptation] if isinstance(adaptation, str) else list(adaptation)
+            for a in adapt:
+                _validate.check_choice(a, "adaptation", ADAPTATIONS)
         if encoder == "gat" and hidden % heads:
             msg = f"`hidden={hidden}` must be divisible by `heads={heads}` for GAT."
             raise ValueError(msg)
@@ -229,7 +255,7 @@ class RelationalTransfer(TransferModel):
             head=head,
             normalize=bool(normalize),
             n_genes=int(n_genes),
-            n_comps=int(n_comps),
+            n_comps=None if n_comps is None else int(n_comps),
             n_neighs=int(n_neighs),
             max_epochs=int(max_epochs),
             lr=float(lr),
@@ -254,7 +280,7 @@ class RelationalTransfer(TransferModel):
         batch_key: str | None = None,
         spatial_key: str = _keys.SPATIAL,
         graph_key: str | None = None,
-        min_shared_genes: int = 100,
+        min_shared_genes: int = _validate.MIN_SHARED_GENES,
         weights_key: str | None = None,
         progress: bool = True,
     ) -> RelationalTransfer:
@@ -303,18 +329,26 @@ class RelationalTransfer(TransferModel):
         n_src = len(labelled)
         sw = np.ones(n_src + sum(a.n_obs for a in targets), dtype=np.float32)  # targets weigh 1 (unlabelled)
         sw[:n_src] = source_weights(sources, weights_key, labelled)
-        coords = [_validate.check_spatial(a, spatial_key, n) for a, n in zip(sections, names, strict=True)]
-        graphs = [self._graph(a, spatial_key, graph_key, n) for a, n in zip(sections, names, strict=True)]
+        # a source without coordinates (a dissociated reference: scRNA-seq atlas) is a graph without edges
+        dissociated = [i < len(sources) and spatial_key not in a.obsm for i, a in enumerate(sections)]
+        coords = [
+            None if d else _validate.check_spatial(a, spatial_key, n)
+            for a, n, d in zip(sections, names, dissociated, strict=True)
+        ]
+        graphs = [
+            sparse.csr_matrix((a.n_obs, a.n_obs)) if d else self._graph(a, spatial_key, graph_key, n)
+            for a, n, d in zip(sections, names, dissociated, strict=True)
+        ]
         genes = _validate.shared_genes(sections, names, min_shared_genes)
         p = self.params
 
-        hvg, components, pcs = fit_pca_space(
+        hvg, components, pcs, target_sum = fit_pca_space(
             sections,
             counts,
             genes=genes,
             n_sources=len(sources),
             n_genes=p["n_genes"],
-            n_comps=p["n_comps"],
+            n_comps=p["n_comps"] or (PANEL_GENES if len(genes) <= PANEL_GENES else TRANSCRIPTOME_COMPS),
             seed=p["seed"],
         )
         scale = np.vstack(pcs).std(axis=0).clip(1e-6).astype(np.float32)
@@ -327,6 +361,7 @@ class RelationalTransfer(TransferModel):
         self.var_names_ = hvg
         self.classes_ = classes
         self.components_ = components
+        self.target_sum_ = np.float32(target_sum)
         self.feature_scale_ = scale
         self.class_weights_ = weights.astype(np.float32)
         history = self._train(
@@ -361,7 +396,7 @@ class RelationalTransfer(TransferModel):
         self,
         feats: list[np.ndarray],
         graphs: list[sparse.csr_matrix],
-        coords: list[np.ndarray],
+        coords: list[np.ndarray | None],
         codes: np.ndarray,
         spot_weights: np.ndarray,
         *,
@@ -393,12 +428,18 @@ class RelationalTransfer(TransferModel):
         dt = torch.as_tensor(domain)
         wt = torch.as_tensor(spot_weights)
         cw = torch.as_tensor(self.class_weights_, device=device)
-        adapt = set(p["adaptation"]) if n_src < len(x) else set()
+        auto = p["adaptation"] == "auto"
+        adapt = set(AUTO_ADAPTATION if auto else p["adaptation"]) if n_src < len(x) else set()
         history: dict[str, Any] = {"loss": [], "classification": [], "adaptation": []}
         if "self_training" in adapt:
-            pseudo = self._teacher(x, codes, spot_weights, graphs[n_sources:], n_src, device, rng)
-            history["n_pseudo_labels"] = int((pseudo >= 0).sum())
-            pt = torch.as_tensor(pseudo)
+            pseudo, smoothing = self._teacher(x, codes, spot_weights, graphs, n_src, n_sources, device, rng)
+            history["teacher_smoothing"] = smoothing
+            if auto and not smoothing["coherence"] >= REGION_COHERENCE:
+                adapt.discard("self_training")
+            else:
+                history["n_pseudo_labels"] = int((pseudo >= 0).sum())
+                pt = torch.as_tensor(pseudo)
+        history["adaptation_used"] = sorted(adapt)
         epochs = progress_bar(range(p["max_epochs"]), enabled=progress, desc="gnn transfer: train")
         for epoch in epochs:
             net.train()
@@ -445,15 +486,18 @@ class RelationalTransfer(TransferModel):
         x: np.ndarray,
         codes: np.ndarray,
         spot_weights: np.ndarray,
-        target_graphs: list[sparse.csr_matrix],
+        graphs: list[sparse.csr_matrix],
         n_src: int,
+        n_sources: int,
         device: torch.device,
         rng: np.random.Generator,
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         """Pseudo-labels of the target nodes (-1: none; source nodes -1 too) from a spread knn vote.
 
         Every target node gets the cosine knn vote of the labelled source nodes, spread over the
-        target graphs; per class, the most confident ``pseudo_label_share`` of its nodes keep the label.
+        target graphs with the weight the label coherence of the source sets (as ``smooth="auto"`` of
+        :func:`sptl.tl.transfer_labels`); per class, the most confident ``pseudo_label_share`` of its
+        nodes keep the label. Also returns the spreading weight and the coherence it came from.
         """
         labelled = np.flatnonzero(codes[:n_src] >= 0)
         if len(labelled) > TEACHER_MAX_SOURCE:
@@ -467,7 +511,12 @@ class RelationalTransfer(TransferModel):
             k=TEACHER_NEIGHBORS,
             device=device,
         )
-        proba = spread_labels(proba, sparse.block_diag(target_graphs, format="csr"), DEFAULT_SMOOTH)
+        target_graph = sparse.block_diag(graphs[n_sources:], format="csr")
+        smoothing = choose_smooth(
+            codes[:n_src], sparse.block_diag(graphs[:n_sources], format="csr"), proba, target_graph
+        )
+        if smoothing["alpha"] > 0:
+            proba = spread_labels(proba, target_graph, smoothing["alpha"])
         pred, conf = proba.argmax(axis=1), proba.max(axis=1)
         keep = np.zeros(len(pred), dtype=bool)
         for k in np.unique(pred):
@@ -475,11 +524,11 @@ class RelationalTransfer(TransferModel):
             keep |= mine & (conf >= np.quantile(conf[mine], 1 - self.params["pseudo_label_share"]))
         out = np.full(len(codes), -1, dtype=np.int64)
         out[n_src:][keep] = pred[keep]
-        return out
+        return out, smoothing
 
     def _batches(
         self,
-        coords: list[np.ndarray],
+        coords: list[np.ndarray | None],
         offsets: np.ndarray,
         edge_index: torch.Tensor,
         n_nodes: int,
@@ -536,7 +585,8 @@ class RelationalTransfer(TransferModel):
             return neighbor_epoch
 
         tiles_per_section = [
-            [t + off for t in _tiles(c, p["tile_size"])] for c, off in zip(coords, offsets[:-1], strict=True)
+            [t + off for t in _tiles(c, p["tile_size"], int(end - off))]
+            for c, off, end in zip(coords, offsets[:-1], offsets[1:], strict=True)
         ]
         # every tile's subgraph (core + halo) is cut once and reused in every epoch
         src_tiles = [_with_halo(t, edge_index, hops, n_nodes) for tiles in tiles_per_section[:n_sources] for t in tiles]
@@ -566,7 +616,7 @@ class RelationalTransfer(TransferModel):
         _validate.check_adata(adata, "adata")
         X = self._model_counts(adata, layer, max_missing_genes)
         graph = self._graph(adata, spatial_key, graph_key, "adata")
-        x = self._scale(standardized(X) @ self.components_.T)
+        x = self._scale(standardized(X, float(self.target_sum_)) @ self.components_.T)
         x, edge_index, _ = _union([x.astype(np.float32)], [graph])
         device = resolve_device(self.params["device"])
         net = self.net_.to(device).eval()
@@ -697,11 +747,16 @@ def _union(feats: list[np.ndarray], graphs: list[sparse.csr_matrix]) -> tuple[np
     return np.vstack(feats).astype(np.float32), edge_index, offsets
 
 
-def _tiles(coords: np.ndarray, tile_size: int) -> list[np.ndarray]:
-    """Cut one section into spatial tiles of at most ``tile_size`` nodes (strips in x, then in y)."""
-    n = len(coords)
+def _tiles(coords: np.ndarray | None, tile_size: int, n: int | None = None) -> list[np.ndarray]:
+    """Cut one section into spatial tiles of at most ``tile_size`` nodes (strips in x, then in y).
+
+    A section without coordinates (``coords=None``, ``n`` nodes and no edges) is cut into consecutive blocks.
+    """
+    n = len(coords) if coords is not None else n
     if n <= tile_size:
         return [np.arange(n)]
+    if coords is None:
+        return np.array_split(np.arange(n), int(np.ceil(n / tile_size)))
     n_strips = int(np.ceil(np.sqrt(n / tile_size)))
     tiles = []
     for strip in np.array_split(np.argsort(coords[:, 0], kind="stable"), n_strips):

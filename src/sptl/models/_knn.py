@@ -49,7 +49,14 @@ class KNNTransfer(TransferModel):
     >>> labels = model.predict(tgt)
     """
 
-    _state_arrays = ("components_", "source_embedding_", "source_codes_", "class_weights_", "source_weights_")
+    _state_arrays = (
+        "components_",
+        "target_sum_",
+        "source_embedding_",
+        "source_codes_",
+        "class_weights_",
+        "source_weights_",
+    )
 
     def __init__(
         self,
@@ -83,7 +90,7 @@ class KNNTransfer(TransferModel):
         target: AnnData | Sequence[AnnData] | None = None,
         layer: str | None = None,
         exclude: Sequence[str] = (),
-        min_shared_genes: int = 100,
+        min_shared_genes: int = _validate.MIN_SHARED_GENES,
         weights_key: str | None = None,
         progress: bool = True,
     ) -> KNNTransfer:
@@ -124,7 +131,7 @@ class KNNTransfer(TransferModel):
         genes = _validate.shared_genes(everything, names, min_shared_genes)
         p = self.params
 
-        hvg, components, pcs = fit_pca_space(
+        hvg, components, pcs, target_sum = fit_pca_space(
             everything,
             counts,
             genes=genes,
@@ -142,6 +149,7 @@ class KNNTransfer(TransferModel):
         self.var_names_ = pd.Index(hvg)
         self.classes_ = classes
         self.components_ = components
+        self.target_sum_ = np.float32(target_sum)
         self.source_embedding_ = src_emb.astype(np.float32)
         self.source_codes_ = codes
         self.class_weights_ = (weights / weights.sum()).astype(np.float32)
@@ -157,7 +165,7 @@ class KNNTransfer(TransferModel):
         """
         _validate.check_adata(adata, "adata")
         X = self._model_counts(adata, layer, max_missing_genes)
-        return _l2(standardized(X) @ self.components_.T)
+        return _l2(standardized(X, float(self.target_sum_)) @ self.components_.T)
 
     def predict_proba(
         self,

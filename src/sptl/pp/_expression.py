@@ -5,7 +5,6 @@ Library-size normalisation, gene selection across sections and per-section stand
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,18 +14,54 @@ from anndata import AnnData
 from scipy import sparse
 from sklearn.decomposition import PCA
 
+from .. import _validate
+
 #: z-scores are clipped to this absolute value, as in :func:`scanpy.pp.scale`.
 CLIP = 10.0
 
+#: Gene sets up to this size count as a targeted panel (imaging panels: 20-500 genes, each chosen to be
+#: informative, tens to hundreds of molecules per cell), larger ones as a transcriptome.
+PANEL_GENES = 500
+#: Total that transcriptome counts are normalised to (scanpy's usual ``target_sum``).
+TRANSCRIPTOME_TARGET = 1e4
 
-def log_normalize(X: np.ndarray | sparse.spmatrix, target_sum: float = 1e4) -> sparse.csr_matrix:
-    """Counts per ``target_sum`` then ``log1p`` (scanpy), returned as float32 CSR."""
-    tmp = AnnData(X=sparse.csr_matrix(X, dtype=np.float32))
-    with warnings.catch_warnings():  # empty spots stay zero; that is fine here
-        warnings.filterwarnings("ignore", message="Some cells have zero counts")
-        sc.pp.normalize_total(tmp, target_sum=target_sum)
-    sc.pp.log1p(tmp)
-    return tmp.X
+
+def count_target(matrices: Sequence[np.ndarray | sparse.spmatrix]) -> float:
+    """The total that counts are normalised to, from the gene count of the matrices.
+
+    A transcriptome (more than :data:`PANEL_GENES` genes) gets the usual 10,000. A targeted panel gets the
+    median total of all observations with counts, pooled over the sections compared in one call: its cells
+    hold tens to hundreds of molecules, and scaling them to 10,000 would turn a single molecule into a jump
+    of ``log(60)`` (on a 22-gene smFISH panel, sptl's knn transfer scored macro-F1 0.797 with the median and
+    0.734 with 10,000; on HER2ST's 3000 variable genes the median total moved integration, alignment and
+    shift scores away from what 10,000 gives). Matrices that are not counts
+    (:func:`sptl._validate.value_kind`) do not take part.
+    """
+    if not matrices or matrices[0].shape[1] > PANEL_GENES:
+        return TRANSCRIPTOME_TARGET
+    totals = [np.asarray(X.sum(axis=1)).ravel() for X in matrices if _validate.value_kind(X) == "counts"]
+    pooled = np.concatenate(totals) if totals else np.zeros(0)
+    pooled = pooled[pooled > 0]
+    return float(np.median(pooled)) if len(pooled) else TRANSCRIPTOME_TARGET
+
+
+def log_normalize(X: np.ndarray | sparse.spmatrix, target_sum: float | None = None) -> sparse.csr_matrix:
+    """Log-expression of one section, by what its values are (:func:`sptl._validate.value_kind`), as float32 CSR.
+
+    Counts are scaled to ``target_sum`` per observation (``None``: :func:`count_target` of this section
+    alone), then ``log1p``; normalised values that are not log-transformed (volume-normalised MERFISH, for
+    example) only get ``log1p``, since normalising them again would remove what the technology's own
+    normalisation kept; log-transformed values are used as they are.
+    """
+    kind = _validate.value_kind(X)
+    out = sparse.csr_matrix(X, dtype=np.float32, copy=True)
+    if kind == "counts":
+        target = count_target([X]) if target_sum is None else float(target_sum)
+        total = np.asarray(out.sum(axis=1)).ravel()
+        out = sparse.csr_matrix(sparse.diags(np.divide(target, total, out=np.zeros_like(total), where=total > 0)) @ out)
+    if kind != "log":
+        np.log1p(out.data, out=out.data)
+    return out
 
 
 def select_genes(batches: Sequence[sparse.csr_matrix], genes: pd.Index, n_genes: int) -> pd.Index:
@@ -51,9 +86,9 @@ def standardize(X: sparse.spmatrix | np.ndarray) -> np.ndarray:
     return np.clip(X, -CLIP, CLIP, out=X).astype(np.float32)
 
 
-def standardized(counts: np.ndarray | sparse.spmatrix) -> np.ndarray:
-    """Log-normalise one section's counts and z-score every gene within the section."""
-    return standardize(log_normalize(counts))
+def standardized(counts: np.ndarray | sparse.spmatrix, target_sum: float | None = None) -> np.ndarray:
+    """Log-normalise one section's counts (:func:`log_normalize`) and z-score every gene within the section."""
+    return standardize(log_normalize(counts, target_sum))
 
 
 def fit_pca_space(
@@ -65,22 +100,26 @@ def fit_pca_space(
     n_genes: int,
     n_comps: int,
     seed: int,
-) -> tuple[pd.Index, np.ndarray, list[np.ndarray]]:
+) -> tuple[pd.Index, np.ndarray, list[np.ndarray], float]:
     """The joint expression space the transfer models work in.
 
     Highly variable genes are chosen on the first ``n_sources`` sections (the labelled side defines
-    what matters), every section is log-normalised and z-scored on them within itself, and a PCA is
-    fitted on all sections together.
+    what matters), every section is log-normalised (counts to one total for all sections,
+    :func:`count_target`) and z-scored on them within itself, and a PCA is fitted on all sections together.
 
     Returns
     -------
-    The genes, the PCA components (``n_comps x n_genes``) and each section's principal components.
+    The genes, the PCA components (``n_comps x n_genes``), each section's principal components and the
+    total counts were normalised to.
     """
-    lognorm = [log_normalize(X[:, a.var_names.get_indexer(genes)]) for X, a in zip(counts, adatas, strict=True)]
-    hvg = select_genes(lognorm[:n_sources], genes, n_genes)
-    z = [standardized(X[:, a.var_names.get_indexer(hvg)]) for X, a in zip(counts, adatas, strict=True)]
+    shared = [X[:, a.var_names.get_indexer(genes)] for X, a in zip(counts, adatas, strict=True)]
+    target_sum = count_target(shared)
+    hvg = select_genes([log_normalize(X, target_sum) for X in shared[:n_sources]], genes, n_genes)
+    chosen = [X[:, a.var_names.get_indexer(hvg)] for X, a in zip(counts, adatas, strict=True)]
+    hvg_target = count_target(chosen)
+    z = [standardized(X, hvg_target) for X in chosen]
     n_comps = min(n_comps, len(hvg), sum(x.shape[0] for x in z) - 1)
     pca = PCA(n_components=n_comps, random_state=seed, svd_solver="randomized")
     pca.fit(np.vstack(z))
     components = pca.components_.astype(np.float32)
-    return pd.Index(hvg), components, [(x @ components.T).astype(np.float32) for x in z]
+    return pd.Index(hvg), components, [(x @ components.T).astype(np.float32) for x in z], hvg_target

@@ -194,7 +194,7 @@ def align_slices(
     }
     logg.info(f"aligning {len(items)} slices ({', '.join(str(ad.n_obs) for ad in items)} spots) on {len(genes)} genes")
 
-    _, _, feats = fit_pca_space(
+    _, _, feats, _ = fit_pca_space(
         items, counts, genes=genes, n_sources=len(items), n_genes=n_genes, n_comps=n_comps, seed=seed
     )
     unit = float(np.median([_align_ot.spacing(c) for c in coords]))

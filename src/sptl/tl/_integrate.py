@@ -151,7 +151,7 @@ def integrate(
 
     views = [adata[codes == k] for k in range(len(batches))]
     parts = [counts[codes == k] for k in range(len(batches))]
-    _, _, feats = fit_pca_space(
+    _, _, feats, _ = fit_pca_space(
         views, parts, genes=adata.var_names, n_sources=len(views), n_genes=n_genes, n_comps=n_comps, seed=seed
     )
     X = np.zeros((adata.n_obs, feats[0].shape[1]), dtype=np.float32)

@@ -18,7 +18,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from .. import _keys, _validate
 from .._docs import inject_docs
 from .._progress import progress_bar
-from ..pp._expression import fit_pca_space, log_normalize
+from ..pp._expression import count_target, fit_pca_space, log_normalize
 
 ESTIMATORS = ("auto", "exact", "linear")
 #: Above this many spots (source + target) ``estimator="auto"`` uses the linear-time MMD.
@@ -81,7 +81,7 @@ def section_features(
                 " there is nothing to compare."
             )
             raise ValueError(msg)
-    _, _, pcs = fit_pca_space(
+    _, _, pcs, _ = fit_pca_space(
         adatas, counts, genes=genes, n_sources=n_sources, n_genes=n_genes, n_comps=n_comps, seed=seed
     )
     return [p.astype(np.float64) for p in pcs]
@@ -223,13 +223,15 @@ def gene_shift(
 ) -> pd.DataFrame:
     """Per-gene shift of the second section against the first, on log-normalised shared genes.
 
-    Columns: ``mean_source``, ``mean_target`` (log1p CP10k), ``smd`` (standardised mean difference,
-    target minus source, over the pooled standard deviation), ``frac_source``, ``frac_target``
+    Columns: ``mean_source``, ``mean_target`` (log-expression as sptl normalises it),
+    ``smd`` (standardised mean difference, target minus source, over the pooled standard deviation),
+    ``frac_source``, ``frac_target``
     (fraction of spots detecting the gene); rows sorted by ``|smd|``, largest first.
     """
+    shared = [sparse.csr_matrix(X)[:, ad.var_names.get_indexer(genes)] for ad, X in zip(adatas, counts, strict=True)]
+    target_sum = count_target(shared)
     stats_ = []
-    for ad, X in zip(adatas, counts, strict=True):
-        L = log_normalize(sparse.csr_matrix(X)[:, ad.var_names.get_indexer(genes)])
+    for L in (log_normalize(X, target_sum) for X in shared):
         mean = np.asarray(L.mean(axis=0)).ravel()
         var = np.asarray(L.multiply(L).mean(axis=0)).ravel() - mean**2
         frac = np.asarray((L > 0).mean(axis=0)).ravel()
@@ -267,7 +269,7 @@ def domain_shift(
     estimator: str = "auto",
     n_permutations: int = 200,
     n_top_genes: int = 100,
-    min_shared_genes: int = 100,
+    min_shared_genes: int = _validate.MIN_SHARED_GENES,
     key_added: str = _keys.SHIFT,
     seed: int = 0,
     progress: bool = True,

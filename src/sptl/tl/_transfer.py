@@ -10,19 +10,16 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 from scanpy import logging as logg
+from scipy import sparse
 
 from .. import _keys, _validate
 from .._docs import inject_docs
 from ..models._base import labels_from_proba
 from ..models._gnn import RelationalTransfer
 from ..models._knn import KNNTransfer
-from ..pp._graph import DEFAULT_SMOOTH, build_graph, check_graph, spread_labels
+from ..pp._graph import SMOOTH_NEIGHBORS, build_graph, check_graph, choose_smooth, spread_labels
 
 METHODS = ("knn", "gnn")
-#: Domain adaptation of ``method="gnn"`` when ``adaptation="auto"``. On the 30 cross-patient HER2ST pairs
-#: (``benchmarks/label_transfer.py``), mean macro-F1 0.473 (seeds 1, 2: 0.487, 0.482) against 0.380 without
-#: adaptation and 0.462 for ``method="knn"``.
-DEFAULT_ADAPTATION = ("dann", "self_training")
 
 
 @inject_docs
@@ -37,16 +34,16 @@ def transfer_labels(
     layer: str | None = None,
     batch_key: str | None = None,
     n_genes: int = 3000,
-    n_comps: int = 30,
+    n_comps: int | None = None,
     n_neighbors: int = 15,
     balance: bool = True,
-    smooth: float = DEFAULT_SMOOTH,
+    smooth: float | str = "auto",
     adaptation: str | Sequence[str] | None = "auto",
     unassigned_threshold: float | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
     spatial_key: str | None = _keys.SPATIAL,
     graph_key: str | None = None,
-    min_shared_genes: int = 100,
+    min_shared_genes: int = _validate.MIN_SHARED_GENES,
     weights_key: str | None = None,
     key_added: str = _keys.TRANSFER,
     device: str | None = None,
@@ -83,7 +80,8 @@ def transfer_labels(
     n_genes
         Number of highly variable genes (chosen on the source) used for the embedding.
     n_comps
-        Number of principal components of the joint embedding.
+        Number of principal components of the joint embedding. ``None``: 30 for ``"knn"``; for
+        ``"gnn"`` all of them on a targeted panel (at most 500 genes used) and 50 otherwise.
     n_neighbors
         Number of source neighbours that vote (``"knn"``).
     balance
@@ -93,6 +91,12 @@ def transfer_labels(
         Weight ``alpha`` in ``[0, 1)`` of the spatial neighbours in label spreading: the final
         probabilities ``F`` solve ``F = (1 - alpha) P + alpha S F``, where ``P`` are the model's
         probabilities and ``S`` averages over each spot's spatial neighbours. ``0`` turns it off.
+        ``"auto"`` sets ``alpha`` from the spatial coherence of the labels, how much more often neighbouring
+        source spots share a label than chance (Cohen's kappa of the labels at the two ends of a
+        spatial-graph edge): ``alpha = 0.8 * min(1, coherence / 0.5)``. Tissue regions (coherence 0.5 and
+        more) get the weight validated on them, 0.8, cell types intermixed in space (0.1-0.3) weak
+        spreading (0.15-0.5). A source without coordinates (a dissociated reference) is measured through the labels
+        predicted for the target instead.
     adaptation
         Domain adaptation for ``"gnn"``: ``"mmd"``, ``"dann"``, ``"self_training"``, a list of them,
         ``None`` (none), or ``"auto"``: DANN plus self-training for ``"gnn"``, nothing for ``"knn"``
@@ -129,7 +133,9 @@ def transfer_labels(
     - ``obs[f"{key_added}_entropy"]``: entropy of the class probabilities (nats),
     - ``obsm[f"{key_added}_probabilities"]``: DataFrame of class probabilities,
     - ``obsm[f"X_{key_added}"]``: the embedding of the target spots (joint PCA or GNN embedding),
-    - ``uns[key_added]``: ``params``, the source ``classes`` and, for ``"gnn"``, the training ``history``.
+    - ``uns[key_added]``: ``params``, the source ``classes``, ``smoothing`` (the spreading weight
+      ``alpha`` used and, with ``smooth="auto"``, the label ``coherence`` it came from) and, for
+      ``"gnn"``, the training ``history``.
 
     Examples
     --------
@@ -148,23 +154,25 @@ def transfer_labels(
     sources = _validate.as_adata_list(source, "source")
     if weights_key is not None:
         _validate.check_weights(sources, weights_key, "source")
-    if isinstance(adaptation, str) and adaptation == "auto":
-        adaptation = list(DEFAULT_ADAPTATION) if method == "gnn" else None
-    if not 0 <= smooth < 1:
-        msg = f"`smooth` must lie in [0, 1), got {smooth!r}."
+    # one AnnData per section (``batch_key`` splits a source into its sections)
+    sections = sources if batch_key is None else _validate.split_batches(sources, batch_key, "source")
+    if isinstance(adaptation, str) and adaptation == "auto" and method == "knn":
+        adaptation = None
+    if not (smooth == "auto" if isinstance(smooth, str) else 0 <= smooth < 1):
+        msg = f"`smooth` must be 'auto' or lie in [0, 1), got {smooth!r}."
         raise ValueError(msg)
     if spatial_key is None and method == "gnn":
-        msg = "`method='gnn'` needs coordinates: pass `spatial_key=` (default 'spatial')."
+        msg = "`method='gnn'` needs the target's coordinates: pass `spatial_key=` (default 'spatial')."
         raise ValueError(msg)
     coords = None
-    if spatial_key is not None and (smooth > 0 or method == "gnn"):
+    if spatial_key is not None and (smooth != 0 or method == "gnn"):
         coords = _validate.check_spatial(target, spatial_key, "target")
     smooth_graph = None
-    if coords is not None and smooth > 0:
+    if coords is not None and smooth != 0:
         if graph_key is not None:
             smooth_graph = check_graph(target, graph_key, coords, "target")
         elif target.n_obs > 1:
-            smooth_graph = build_graph(coords, n_neighs=min(6, target.n_obs - 1))[0]
+            smooth_graph = build_graph(coords, n_neighs=min(SMOOTH_NEIGHBORS, target.n_obs - 1))[0]
     extra = dict(model_kwargs or {})
     params = {
         "label_key": label_key,
@@ -194,11 +202,9 @@ def transfer_labels(
         if adaptation is not None:
             msg = "`adaptation` applies to `method='gnn'`; the knn vote already standardises each section."
             raise ValueError(msg)
-        if batch_key is not None:
-            sources = _validate.split_batches(sources, batch_key, "source")
         model = KNNTransfer(
             n_genes=n_genes,
-            n_comps=n_comps,
+            n_comps=30 if n_comps is None else n_comps,
             n_neighbors=n_neighbors,
             balance=balance,
             device=device,
@@ -206,7 +212,7 @@ def transfer_labels(
             **extra,
         )
         model.fit(
-            sources,
+            sections,
             label_key=label_key,
             target=target,
             layer=layer,
@@ -244,8 +250,24 @@ def transfer_labels(
         )
         proba = pd.DataFrame(probs, index=target.obs_names.copy(), columns=pd.Index(model.classes_))
         history = model.history_
+    n_alone = sum(spatial_key is None or spatial_key not in a.obsm for a in sections)
+    logg.info(
+        f"    {model.history_['n_shared_genes']} genes shared by source and target (control probes left out)"
+        + (f"; {n_alone} source section(s) without coordinates, used as a dissociated reference" if n_alone else "")
+    )
+    smoothing = None
     if smooth_graph is not None:
-        proba = _propagate(proba, smooth_graph, smooth)
+        if smooth == "auto":
+            codes, graph = _source_label_graph(sections, label_key, exclude, model.classes_, spatial_key)
+            smoothing = choose_smooth(codes, graph, proba.to_numpy(), smooth_graph)
+            logg.info(
+                f"    label coherence {smoothing['coherence']:.2f} (measured on the {smoothing['measured_on']}):"
+                f" spreading weight {smoothing['alpha']:.2f}"
+            )
+        else:
+            smoothing = {"alpha": float(smooth)}
+        if smoothing["alpha"] > 0:
+            proba = _propagate(proba, smooth_graph, smoothing["alpha"])
     labels = labels_from_proba(proba, unassigned_threshold)
     p = proba.to_numpy()
     entropy = -(p * np.log(np.clip(p, 1e-12, None))).sum(axis=1)
@@ -258,6 +280,8 @@ def transfer_labels(
     adata.obsm[_keys.probabilities(key_added)] = proba
     adata.obsm[_keys.embedding(key_added)] = embedding
     adata.uns[key_added] = {"params": params, "classes": list(model.classes_)}
+    if smoothing is not None:
+        adata.uns[key_added]["smoothing"] = smoothing
     if history is not None:
         adata.uns[key_added]["history"] = history
     logg.info(
@@ -271,3 +295,30 @@ def transfer_labels(
 def _propagate(proba: pd.DataFrame, graph: Any, alpha: float) -> pd.DataFrame:
     """Label spreading (:func:`sptl.pp._graph.spread_labels`) of a probability table over a spatial graph."""
     return pd.DataFrame(spread_labels(proba.to_numpy(), graph, alpha), index=proba.index, columns=proba.columns)
+
+
+def _source_label_graph(
+    sources: Sequence[AnnData],
+    label_key: str,
+    exclude: Sequence[str],
+    classes: Sequence[str],
+    spatial_key: str,
+) -> tuple[np.ndarray | None, Any]:
+    """Source labels as codes of ``classes`` (-1: none) and the sources' spatial graph (block diagonal).
+
+    Sources without ``obsm[spatial_key]`` (dissociated references) get no edges; ``(None, None)`` when no
+    source has coordinates.
+    """
+    labels = _validate.check_labels(sources, label_key, "source", exclude=exclude)
+    codes, graphs = [], []
+    for ad, lab in zip(sources, labels, strict=True):
+        codes.append(pd.Categorical(lab, categories=list(classes)).codes.astype(np.int64))
+        if spatial_key in ad.obsm and ad.n_obs > 1:
+            coords = _validate.check_spatial(ad, spatial_key, "source")
+            graph = build_graph(coords, n_neighs=min(SMOOTH_NEIGHBORS, ad.n_obs - 1))[0]
+        else:
+            graph = sparse.csr_matrix((ad.n_obs, ad.n_obs))
+        graphs.append(graph)
+    if not any(g.nnz for g in graphs):
+        return None, None
+    return np.concatenate(codes), sparse.block_diag(graphs, format="csr")

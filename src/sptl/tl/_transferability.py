@@ -21,10 +21,9 @@ from sklearn.model_selection import KFold, StratifiedKFold
 from .. import _keys, _validate
 from .._docs import inject_docs
 from ..models._knn import KNNTransfer
-from ..pp._expression import log_normalize
-from ..pp._graph import build_graph, spread_labels
+from ..pp._expression import count_target, log_normalize
+from ..pp._graph import DEFAULT_SMOOTH, build_graph, spread_labels
 from ._shift import mmd_test
-from ._transfer import DEFAULT_SMOOTH
 from ._weights import kliep_weights, normalize_weights
 
 #: Fewest labelled target spots (and per class, for the cross-validation) to compare with target-only training.
@@ -305,11 +304,13 @@ def assess(
         kliep_weights(emb_s.astype(np.float64), emb_t.astype(np.float64), n_centers=100, seed=seed), 20.0
     )
     genes = source.var_names.intersection(target.var_names)
+    shared = [
+        sparse.csr_matrix(_validate.get_counts(a, layer, n))[:, a.var_names.get_indexer(genes)]
+        for a, n in ((source, "source"), (target, "target"))
+    ]
+    target_sum = count_target(shared)
     markers = marker_auc(
-        log_normalize(_validate.get_counts(source, layer, "source")[:, source.var_names.get_indexer(genes)])[labelled],
-        codes,
-        log_normalize(_validate.get_counts(target, layer, "target")[:, target.var_names.get_indexer(genes)]),
-        p_t.argmax(axis=1),
+        log_normalize(shared[0], target_sum)[labelled], codes, log_normalize(shared[1], target_sum), p_t.argmax(axis=1)
     )
     K = len(classes)
     by_coverage = float(expected * np.exp(COVERAGE_WEIGHT * by_class))
@@ -437,7 +438,7 @@ def transferability(
     smooth: float = DEFAULT_SMOOTH,
     spatial_key: str | None = _keys.SPATIAL,
     min_score: float = MIN_SCORE,
-    min_shared_genes: int = 100,
+    min_shared_genes: int = _validate.MIN_SHARED_GENES,
     warn: bool = True,
     key_added: str = _keys.TRANSFERABILITY,
     seed: int = 0,
@@ -617,7 +618,7 @@ def rank_sources(
     smooth: float = DEFAULT_SMOOTH,
     spatial_key: str | None = _keys.SPATIAL,
     min_score: float = MIN_SCORE,
-    min_shared_genes: int = 100,
+    min_shared_genes: int = _validate.MIN_SHARED_GENES,
     warn: bool = True,
     key_added: str = _keys.RANK_SOURCES,
     seed: int = 0,

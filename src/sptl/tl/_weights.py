@@ -117,7 +117,7 @@ def instance_weights(
     n_comps: int = 30,
     max_weight: float = 20.0,
     n_centers: int = 100,
-    min_shared_genes: int = 100,
+    min_shared_genes: int = _validate.MIN_SHARED_GENES,
     key_added: str = _keys.WEIGHT,
     seed: int = 0,
     copy: bool = False,
