@@ -236,11 +236,12 @@ def auto_smooth(coherence: float) -> float:
 
     Proportional to the coherence, and the weight validated on tissue regions (:data:`DEFAULT_SMOOTH`)
     from :data:`REGION_COHERENCE` on. Cell types that mix in space (coherence 0.1-0.3) get weak
-    spreading (0.15-0.5), tissue regions (HER2ST pathologist regions: 0.6-0.83) 0.8. knn transfer, mean
-    macro-F1 with this rule / the former fixed 0.8 / the best fixed weight: MERFISH hypothalamus cell
-    classes 0.663 / 0.458 / 0.677, neuron clusters 0.328 / 0.293 / 0.334, mouse-cortex smFISH clusters
-    0.802 / 0.586 / 0.804, 30 HER2ST pairs 0.462 / 0.462 / 0.463. Also tried: the coherence itself and
-    its square root (HER2ST 0.456 and 0.456).
+    spreading (0.2-0.5), tissue regions (HER2ST pathologist regions: 0.60-0.83) 0.8. knn transfer, mean
+    macro-F1 with this rule / the former fixed 0.8 / no spreading / the best of 0.2, 0.4, 0.6: MERFISH
+    hypothalamus cell classes (both directions) 0.666 / 0.458 / 0.657 / 0.673, its neuron clusters
+    0.328 / 0.293 / 0.326 / 0.331, mouse-cortex smFISH clusters (halves) 0.801 / 0.586 / 0.800 / 0.802,
+    30 HER2ST pairs 0.462 / 0.462 / 0.408 / -. Also tried on the same data: the coherence itself and
+    its square root as the weight (HER2ST 0.456 and 0.456).
     """
     if not np.isfinite(coherence):
         return 0.0

@@ -95,12 +95,13 @@ def transfer_labels(
         source spots share a label than chance (Cohen's kappa of the labels at the two ends of a
         spatial-graph edge): ``alpha = 0.8 * min(1, coherence / 0.5)``. Tissue regions (coherence 0.5 and
         more) get the weight validated on them, 0.8, cell types intermixed in space (0.1-0.3) weak
-        spreading (0.15-0.5). A source without coordinates (a dissociated reference) is measured through the labels
-        predicted for the target instead.
+        spreading (0.2-0.5). A source without coordinates (a dissociated reference) is measured through
+        the labels predicted for the target instead. ``uns[key_added]["smoothing"]`` records the choice.
     adaptation
         Domain adaptation for ``"gnn"``: ``"mmd"``, ``"dann"``, ``"self_training"``, a list of them,
-        ``None`` (none), or ``"auto"``: DANN plus self-training for ``"gnn"``, nothing for ``"knn"``
-        (see :class:`sptl.models.RelationalTransfer`).
+        ``None`` (none), or ``"auto"``: for ``"gnn"`` DANN, plus self-training when the source labels
+        form spatially coherent regions (coherence 0.5 or more); nothing for ``"knn"`` (see
+        :class:`sptl.models.RelationalTransfer`).
     unassigned_threshold
         Open set: spots whose top probability is below this get the label ``"unassigned"``.
     model_kwargs
