@@ -1,6 +1,6 @@
 """Execute every notebook in ``tutorials/`` top to bottom; any error fails the test.
 
-The notebooks are stored without outputs and the docs render them without executing them, so this
+The notebooks are stored without outputs (the docs build executes them for its pages); this
 test is what keeps them working. Each runs in a kernel of the interpreter running the tests, with a
 temporary working directory.
 """
