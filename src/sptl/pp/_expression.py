@@ -104,8 +104,9 @@ def fit_pca_space(
     """The joint expression space the transfer models work in.
 
     Highly variable genes are chosen on the first ``n_sources`` sections (the labelled side defines
-    what matters), every section is log-normalised (counts to one total for all sections,
-    :func:`count_target`) and z-scored on them within itself, and a PCA is fitted on all sections together.
+    what matters), every section is log-normalised (counts to one total for all sections, the
+    :func:`count_target` of the shared genes) and z-scored on them within itself, and a PCA is fitted on
+    all sections together.
 
     Returns
     -------
@@ -115,11 +116,9 @@ def fit_pca_space(
     shared = [X[:, a.var_names.get_indexer(genes)] for X, a in zip(counts, adatas, strict=True)]
     target_sum = count_target(shared)
     hvg = select_genes([log_normalize(X, target_sum) for X in shared[:n_sources]], genes, n_genes)
-    chosen = [X[:, a.var_names.get_indexer(hvg)] for X, a in zip(counts, adatas, strict=True)]
-    hvg_target = count_target(chosen)
-    z = [standardized(X, hvg_target) for X in chosen]
+    z = [standardized(X[:, a.var_names.get_indexer(hvg)], target_sum) for X, a in zip(counts, adatas, strict=True)]
     n_comps = min(n_comps, len(hvg), sum(x.shape[0] for x in z) - 1)
     pca = PCA(n_components=n_comps, random_state=seed, svd_solver="randomized")
     pca.fit(np.vstack(z))
     components = pca.components_.astype(np.float32)
-    return pd.Index(hvg), components, [(x @ components.T).astype(np.float32) for x in z], hvg_target
+    return pd.Index(hvg), components, [(x @ components.T).astype(np.float32) for x in z], target_sum
