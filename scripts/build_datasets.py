@@ -94,6 +94,32 @@ def build_merfish_hypothalamus() -> None:
     write(read_merfish_hypothalamus_raw(RAW / "merfish_hypothalamus"), BUNDLED_FILE)
 
 
+def build_her2st_images() -> None:
+    """H&E of HER2ST C2-C5 at half resolution, JPEG quality 85 (~2 MB each)."""
+    from PIL import Image
+
+    from sptl.datasets._her2st import HER2ST_IMAGES, IMAGE_FOLDER, IMAGE_SCALE
+
+    Image.MAX_IMAGE_PIXELS = None
+    (OUT / IMAGE_FOLDER).mkdir(parents=True, exist_ok=True)
+    for section in HER2ST_IMAGES:
+        with Image.open(RAW / "her2st_he" / f"{section}.jpg") as im:
+            w, h = im.size
+            small = im.convert("RGB").resize((round(w * IMAGE_SCALE), round(h * IMAGE_SCALE)), Image.LANCZOS)
+        path = OUT / IMAGE_FOLDER / f"{section}.jpg"
+        small.save(path, "JPEG", quality=85, optimize=True)
+        print(f"{path.name}: {small.size}, {path.stat().st_size / 1e6:.2f} MB")
+
+
+def build_mouse_olfactory_bulb() -> None:
+    from sptl.datasets._mob import BUNDLED_FILE, IMAGE_FOLDER, MOB_SECTIONS, read_mob_sections
+
+    write(read_mob_sections(RAW / "stutility_mob"), BUNDLED_FILE)
+    (OUT / IMAGE_FOLDER).mkdir(parents=True, exist_ok=True)
+    for section in MOB_SECTIONS:  # the release's JPEGs, unchanged
+        shutil.copyfile(RAW / "stutility_mob" / f"{section}.jpg", OUT / IMAGE_FOLDER / f"{section}.jpg")
+
+
 BUILDERS = {
     "her2st": build_her2st,
     "breast_st": build_breast_st,
@@ -103,6 +129,8 @@ BUILDERS = {
     "cscc_st": build_cscc_st,
     "mouse_cortex": build_mouse_cortex,
     "merfish_hypothalamus": build_merfish_hypothalamus,
+    "her2st_images": build_her2st_images,
+    "mouse_olfactory_bulb": build_mouse_olfactory_bulb,
 }
 
 if __name__ == "__main__":

@@ -23,9 +23,21 @@ HER2ST_SECTIONS: tuple[str, ...] = tuple(
 )
 #: Sections that carry pathologist region annotations.
 HER2ST_LABELLED: tuple[str, ...] = ("A1", "B1", "C1", "D1", "E1", "F1")
+#: Sections whose H&E image is bundled (``her2st(section, image=True)``).
+HER2ST_IMAGES: tuple[str, ...] = ("C2", "C3", "C4", "C5")
+#: Downscaling of the bundled H&E images: full resolution (~0.74 um per pixel) x 0.5.
+IMAGE_SCALE = 0.5
+#: Folder of the bundled H&E JPEGs in the package data.
+IMAGE_FOLDER = "her2st_he"
 
 
-def her2st(section: str = "A1", *, path: str | os.PathLike | None = None) -> AnnData:
+def her2st(
+    section: str = "A1",
+    *,
+    image: bool = False,
+    image_path: str | os.PathLike | None = None,
+    path: str | os.PathLike | None = None,
+) -> AnnData:
     """One section of the HER2-positive breast cancer ST study.
 
     Spatial Transcriptomics (100 um spots on a 200 um grid) of eight HER2-positive breast tumours,
@@ -36,6 +48,14 @@ def her2st(section: str = "A1", *, path: str | os.PathLike | None = None) -> Ann
     section
         Section id, ``"A1"`` ... ``"H3"`` (see ``HER2ST_SECTIONS``). ``A1, B1, C1, D1, E1, F1`` carry
         pathologist region labels.
+    image
+        Add the section's H&E image, in the scanpy / squidpy Visium layout (below). Bundled for
+        ``C2, C3, C4, C5`` (``HER2ST_IMAGES``) at half the study's resolution (~1.5 um per pixel, JPEG);
+        for other sections pass ``image_path``.
+    image_path
+        A full-resolution H&E image file of the section (the study's ``data/ST-imgs/<patient>/<section>/*.jpg``
+        at github.com/almaan/her2st), used instead of the bundled one; implies ``image=True``. Its pixels must
+        be those of the spot positions: spots outside the image raise a ValueError.
     path
         Folder with the raw release files (``{section}.tsv.gz``, ``{section}_selection.tsv``,
         ``{section}-cluster-annotation.tsv.gz`` and, if present, ``{section}_labeled_coordinates.tsv``)
@@ -49,7 +69,13 @@ def her2st(section: str = "A1", *, path: str | os.PathLike | None = None) -> Ann
     - ``obs['array_x']``, ``obs['array_y']``: array (grid) positions,
     - ``obs['label']``: pathologist region (categorical; missing where the section has no label),
     - ``obs['cluster']``: the study's expression clusters (categorical),
-    - ``obs['patient']``, ``obs['section']``.
+    - ``obs['patient']``, ``obs['section']``,
+    - with ``image``: ``uns['spatial'][section]``: ``images['hires']`` (``uint8`` RGB array),
+      ``scalefactors`` (``tissue_hires_scalef``: image pixels per full-resolution pixel of
+      ``obsm['spatial']``; ``spot_diameter_fullres``: half the spot pitch, as the 100 um spots sit on a
+      200 um grid) and ``metadata`` (``microns_per_pixel`` of the full resolution, from the 200 um pitch;
+      the image source). ``sc.pl.spatial``, ``squidpy.pl.spatial_scatter`` and
+      ``sptl.pp.extract_patches(img_key="hires")`` read it as they read Visium data.
 
     Notes
     -----
@@ -65,11 +91,25 @@ def her2st(section: str = "A1", *, path: str | os.PathLike | None = None) -> Ann
     >>> adata = sptl.datasets.her2st("B1")
     >>> adata.obs["label"].value_counts().index[0]
     'connective tissue'
+    >>> he = sptl.datasets.her2st("C2", image=True)
+    >>> he.uns["spatial"]["C2"]["images"]["hires"].shape
+    (4956, 4637, 3)
     """
     check_choice(section, "section", HER2ST_SECTIONS)
-    if path is None:
-        return _read_bundled_section(section)
-    return read_her2st_raw(path, section)
+    if (image or image_path is not None) and image_path is None and section not in HER2ST_IMAGES:
+        msg = (
+            f"The H&E image of section {section!r} is not bundled (bundled: {', '.join(HER2ST_IMAGES)}): pass"
+            " `image_path=` a full-resolution image of it (github.com/almaan/her2st, data/ST-imgs)."
+        )
+        raise ValueError(msg)
+    adata = _read_bundled_section(section) if path is None else read_her2st_raw(path, section)
+    if image or image_path is not None:
+        if image_path is None:
+            img, scale, source = read_rgb(bundled_path(f"{IMAGE_FOLDER}/{section}.jpg")), IMAGE_SCALE, "bundled"
+        else:
+            img, scale, source = read_rgb(image_path), 1.0, str(image_path)
+        add_image(adata, section, img, scale=scale, source=source)
+    return adata
 
 
 def her2st_bags(*, size: int = 4, n_comps: int = 10, path: str | os.PathLike | None = None) -> AnnData:
@@ -220,3 +260,48 @@ def read_her2st_raw(path: str | os.PathLike, section: str) -> AnnData:
     adata.obsm["spatial"] = sel[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
     adata.var_names_make_unique()
     return adata
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """An image file as an ``uint8`` RGB array (any size: the decompression-bomb limit is lifted)."""
+    from PIL import Image
+
+    if not Path(path).is_file():
+        msg = f"Image file {path} not found."
+        raise FileNotFoundError(msg)
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def add_image(
+    adata: AnnData, library_id: str, img: np.ndarray, *, scale: float, source: str, pitch_um: float = 200.0
+) -> None:
+    """Store an image in the Visium layout of ``uns['spatial'][library_id]`` (spot sizes from the grid pitch).
+
+    ``scale``: image pixels per pixel of ``obsm['spatial']``. Refuses an image the spots do not fit in (a
+    wrong resolution or another section's image).
+    """
+    from scipy.spatial import cKDTree
+
+    xy = np.asarray(adata.obsm["spatial"], dtype=float)
+    height, width = img.shape[:2]
+    inside = (
+        (xy[:, 0] * scale >= 0) & (xy[:, 0] * scale < width) & (xy[:, 1] * scale >= 0) & (xy[:, 1] * scale < height)
+    )
+    if inside.mean() < 0.99:
+        msg = (
+            f"{(~inside).sum()} of {len(xy)} spots fall outside the {width} x {height} px image at scale {scale:g}:"
+            " the image does not have the resolution of the spot positions (or is of another section)."
+        )
+        raise ValueError(msg)
+    pitch = float(np.median(cKDTree(xy).query(xy, k=2)[0][:, 1])) if len(xy) > 1 else float("nan")
+    adata.uns.setdefault("spatial", {})[library_id] = {
+        "images": {"hires": img},
+        "scalefactors": {"tissue_hires_scalef": float(scale), "spot_diameter_fullres": pitch / 2},
+        "metadata": {"microns_per_pixel": pitch_um / pitch, "source": source},
+    }
