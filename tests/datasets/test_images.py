@@ -39,6 +39,8 @@ def test_her2st_image_patches_through_extract_patches():
     ds = sptl.pp.extract_patches(adata, img_key="hires", patch_size=1.5, unit="spot", size=64, return_dataset=True)
     x = ds[0]
     assert tuple(x.shape) == (3, 64, 64) and 0 <= float(x.min()) and float(x.max()) <= 1
+    # micrometres from the image's recorded resolution (100 um spots), not Visium's 55 um spot
+    assert adata.uns["patches"]["params"]["patch_size_um"] == pytest.approx(150.0)
 
 
 def test_her2st_image_errors(tmp_path):

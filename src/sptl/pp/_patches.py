@@ -205,8 +205,10 @@ def extract_patches(
         ``"spot"`` (multiples of the spot diameter ``spot_diameter_fullres``), ``"px"`` (pixels of the
         image used) or ``"um"`` (micrometres, see ``mpp``).
     mpp
-        Micrometres per unit of ``obsm[spatial_key]``; ``None`` derives it from the Visium spot
-        diameter (55 um). Needed for ``unit="um"`` without Visium scale factors.
+        Micrometres per unit of ``obsm[spatial_key]``; ``None`` reads
+        ``uns['spatial'][library_id]['metadata']['microns_per_pixel']`` when recorded (sptl's HER2ST and
+        mouse olfactory bulb images), else derives it from the Visium spot diameter (55 um). Needed for
+        ``unit="um"`` without either.
     size
         Side in pixels of the patches the dataset returns (crops are resized); ``None`` keeps the
         crop size.
@@ -292,7 +294,10 @@ def extract_patches(
         raise ValueError(msg)
 
     spot_diameter = scalefactors.get("spot_diameter_fullres")
-    if mpp is None and spot_diameter is not None:
+    recorded = _recorded_mpp(adata, library_id) if image is None else None
+    if mpp is None and recorded is not None:
+        mpp = recorded
+    elif mpp is None and spot_diameter is not None:
         mpp = VISIUM_SPOT_UM / float(spot_diameter)
     if patch_size is None and unit != "spot":
         msg = f"`unit={unit!r}` needs `patch_size=`."
@@ -370,6 +375,16 @@ def extract_patches(
     if return_dataset:
         return PatchDataset.from_adata(out, key_added) if image_path is None else _dataset(out, key_added, img)
     return out if copy else None
+
+
+def _recorded_mpp(adata: AnnData, library_id: str | None) -> float | None:
+    """``uns['spatial'][library_id]['metadata']['microns_per_pixel']`` (full resolution) when recorded."""
+    value = adata.uns.get(_keys.SPATIAL_UNS, {}).get(library_id, {}).get("metadata", {}).get("microns_per_pixel")
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if np.isfinite(value) and value > 0 else None
 
 
 def _dataset(adata: AnnData, key: str, img: np.ndarray) -> PatchDataset:
