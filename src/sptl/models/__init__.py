@@ -5,11 +5,13 @@ from ._base import TransferModel
 from ._clip import SpatialCLIP
 from ._encoders import register_open_clip_configs
 from ._gnn import RelationalTransfer
+from ._histology import HistologyRegressor
 from ._knn import KNNTransfer
 from ._tradaboost import TrAdaBoost
 
 __all__ = [
     "ABMIL",
+    "HistologyRegressor",
     "KNNTransfer",
     "RelationalTransfer",
     "SpatialCLIP",

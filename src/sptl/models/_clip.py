@@ -451,31 +451,9 @@ class SpatialCLIP(TransferModel):
 
     def _choose_genes(self, adatas: list[AnnData], counts: list, names: list[str], min_shared_genes: int) -> list[str]:
         p = self.params
-        shared = _validate.shared_genes(adatas, names, min(min_shared_genes, adatas[0].n_vars))
-        if p["genes"] is not None:
-            missing = [g for g in p["genes"] if g not in shared]
-            if missing:
-                msg = f"{len(missing)} of the `genes` are not in every section (e.g. {missing[:5]})."
-                raise ValueError(msg)
-            return list(p["genes"])
-        if len(shared) <= p["n_genes"]:
-            return shared.tolist()
-        parts = []
-        for a, X in zip(adatas, counts, strict=True):
-            idx = a.var_names.get_indexer(shared)
-            parts.append(log_normalize(sparse.csr_matrix(X)[:, idx]))
-        allx = np.vstack(parts)
-        import scanpy as sc
-
-        tmp = AnnData(allx)
-        tmp.var_names = shared
-        tmp.obs["batch"] = np.repeat(np.arange(len(parts)).astype(str), [len(x) for x in parts])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            sc.pp.highly_variable_genes(
-                tmp, n_top_genes=p["n_genes"], flavor="seurat", batch_key="batch" if len(parts) > 1 else None
-            )
-        return shared[tmp.var["highly_variable"].to_numpy()].tolist()
+        return choose_genes(
+            adatas, counts, names, n_genes=p["n_genes"], genes=p["genes"], min_shared_genes=min_shared_genes
+        )
 
     def _train(
         self,
@@ -754,6 +732,46 @@ def _cache_patches(dataset: torch.utils.data.Dataset, size: int, batch_size: int
         for b in progress_bar(loader, enabled=progress, desc="SpatialCLIP: read patches", total=len(loader))
     ]
     return torch.cat(out)
+
+
+def choose_genes(
+    adatas: list[AnnData],
+    counts: list,
+    names: list[str],
+    *,
+    n_genes: int,
+    genes: Sequence[str] | None = None,
+    min_shared_genes: int = 100,
+) -> list[str]:
+    """``genes`` (checked to be in every section) or the ``n_genes`` most variable shared genes.
+
+    Highly variable genes: scanpy's seurat flavour on ``log1p`` counts per 10,000, per section as batches.
+    """
+    shared = _validate.shared_genes(adatas, names, min(min_shared_genes, adatas[0].n_vars))
+    if genes is not None:
+        missing = [g for g in genes if g not in shared]
+        if missing:
+            msg = f"{len(missing)} of the `genes` are not in every section (e.g. {missing[:5]})."
+            raise ValueError(msg)
+        return list(genes)
+    if len(shared) <= n_genes:
+        return shared.tolist()
+    parts = []
+    for a, X in zip(adatas, counts, strict=True):
+        idx = a.var_names.get_indexer(shared)
+        parts.append(log_normalize(sparse.csr_matrix(X)[:, idx]))
+    allx = np.vstack(parts)
+    import scanpy as sc
+
+    tmp = AnnData(allx)
+    tmp.var_names = shared
+    tmp.obs["batch"] = np.repeat(np.arange(len(parts)).astype(str), [len(x) for x in parts])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sc.pp.highly_variable_genes(
+            tmp, n_top_genes=n_genes, flavor="seurat", batch_key="batch" if len(parts) > 1 else None
+        )
+    return shared[tmp.var["highly_variable"].to_numpy()].tolist()
 
 
 def log_normalize(X: Any) -> np.ndarray:

@@ -13,6 +13,7 @@ from scanpy import logging as logg
 from .. import _keys, _validate
 from .._docs import inject_docs
 from ..models._clip import MODALITIES, SpatialCLIP
+from ..models._histology import HistologyRegressor
 
 
 def _check_model(model: object) -> SpatialCLIP:
@@ -112,10 +113,10 @@ def embed_clip(
 @inject_docs
 def predict_expression(
     adata: AnnData,
-    reference: AnnData,
+    reference: AnnData | None = None,
     /,
     *,
-    model: SpatialCLIP,
+    model: SpatialCLIP | HistologyRegressor,
     n_neighbors: int = 20,
     genes: Sequence[str] | None = None,
     patches_key: str = _keys.PATCHES,
@@ -125,24 +126,28 @@ def predict_expression(
     key_added: str = _keys.PREDICTED_EXPRESSION,
     copy: bool = False,
 ) -> AnnData | None:
-    """Predict expression from histology: each patch takes the profiles of its nearest reference spots.
+    """Predict expression from histology, for sections with an image but no (or a poor) expression measurement.
 
-    BLEEP-style: the image embedding of every spot of ``adata`` is compared with the expression
-    embeddings of the ``reference`` spots in the model's shared space, and the prediction is the
-    similarity-weighted mean (softmax at the model's temperature) of the ``n_neighbors`` closest
-    reference profiles. Works on sections with an image but no (or a poor) expression measurement.
+    With a :class:`sptl.models.HistologyRegressor` (the recommended route on real H&E: frozen pretrained
+    features at two scales, a ridge probe, spatial smoothing) the model predicts directly; ``reference``
+    is not needed. With a :class:`sptl.models.SpatialCLIP` the prediction is BLEEP-style retrieval: the
+    image embedding of every spot of ``adata`` is compared with the expression embeddings of the
+    ``reference`` spots in the model's shared space, and the prediction is the similarity-weighted mean
+    (softmax at the model's temperature) of the ``n_neighbors`` closest reference profiles.
 
     Parameters
     ----------
     {adata}
     reference
-        Spots with measured expression (raw counts), for example the training sections.
+        Spots with measured expression (raw counts), for example the training sections; needed by a
+        ``SpatialCLIP`` model only.
     model
-        A fitted :class:`sptl.models.SpatialCLIP`.
+        A fitted :class:`sptl.models.HistologyRegressor` or :class:`sptl.models.SpatialCLIP`.
     n_neighbors
-        Reference spots averaged per prediction.
+        Reference spots averaged per prediction (``SpatialCLIP``).
     genes
-        Genes to predict (must be in ``reference``); ``None``: the model's genes.
+        Genes to predict (``SpatialCLIP``: must be in ``reference``; a ``HistologyRegressor`` predicts a
+        subset of its genes); ``None``: the model's genes.
     patches_key
         Key of the patch record of ``adata`` (see :func:`sptl.pp.extract_patches`).
     reference_layer
@@ -174,25 +179,42 @@ def predict_expression(
     (60, 40)
     """
     start = perf_counter()
-    _check_model(model)
     _validate.check_adata(adata)
-    logg.info(f"predicting expression of {adata.n_obs} spots from their images ({reference.n_obs} reference spots)")
-    pred = model.predict(
-        adata,
-        reference=reference,
-        n_neighbors=n_neighbors,
-        genes=genes,
-        patches_key=patches_key,
-        reference_layer=reference_layer,
-        max_missing_genes=max_missing_genes,
-        progress=progress,
-    )
+    if isinstance(model, HistologyRegressor):
+        model._check_fitted()
+        if genes is not None:
+            genes = pd.Index([str(g) for g in genes])
+            missing = genes[~genes.isin(model.var_names_)]
+            if len(missing):
+                msg = f"The model does not predict {len(missing)} of `genes` (e.g. {missing[:5].tolist()})."
+                raise ValueError(msg)
+        logg.info(f"predicting expression of {adata.n_obs} spots from their images with {model!r}")
+        pred = model.predict(adata, patches_key=patches_key, progress=progress)
+        if genes is not None:
+            pred = pred[genes]
+    else:
+        _check_model(model)
+        if reference is None:
+            msg = "A SpatialCLIP model predicts by retrieval: pass the `reference` spots with measured expression."
+            raise ValueError(msg)
+        _validate.check_adata(reference, "reference")
+        logg.info(f"predicting expression of {adata.n_obs} spots from their images ({reference.n_obs} reference spots)")
+        pred = model.predict(
+            adata,
+            reference=reference,
+            n_neighbors=n_neighbors,
+            genes=genes,
+            patches_key=patches_key,
+            reference_layer=reference_layer,
+            max_missing_genes=max_missing_genes,
+            progress=progress,
+        )
     params = {
-        "n_neighbors": int(n_neighbors),
+        "n_neighbors": int(n_neighbors) if reference is not None else None,
         "n_genes": int(pred.shape[1]),
         "patches_key": patches_key,
         "reference_layer": reference_layer,
-        "n_reference": int(reference.n_obs),
+        "n_reference": None if reference is None else int(reference.n_obs),
         "model": repr(model),
     }
     out = adata.copy() if copy else adata
