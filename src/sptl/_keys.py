@@ -93,6 +93,11 @@ def patch_coverage(key_added: str) -> str:
     return f"{key_added}_coverage"
 
 
+def patch_tissue(key_added: str) -> str:
+    """``obs`` column with the fraction of each patch that lies on tissue (a thumbnail's tissue mask)."""
+    return f"{key_added}_tissue"
+
+
 def clip_embedding(key_added: str, modality: str) -> str:
     """``obsm`` key of a CLIP embedding of one modality (``"image"`` or ``"expression"``)."""
     return f"X_{key_added}_{modality}"

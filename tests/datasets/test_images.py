@@ -66,3 +66,18 @@ def test_mouse_olfactory_bulb(section, n_spots):
     assert _under_spots(adata, section).mean() < lib["images"]["hires"][:40, :40].astype(float).mean()
     assert "spatial" not in sptl.datasets.mouse_olfactory_bulb(section, image=False).uns
     assert MOB_SECTIONS == ("MOB1", "MOB2")
+
+
+def test_patches_on_background_warn_and_nan_pixels_are_refused():
+    adata = sptl.datasets.her2st("C2", image=True)
+    sptl.pp.extract_patches(adata, patch_size=1.5, size=32)
+    tissue = adata.obs["patches_tissue"]
+    assert tissue.between(0, 1).all() and tissue.median() > 0.8  # the spots sit on the tissue
+    # the image is half the full resolution: a scale factor of 0.15 puts the patches elsewhere (background)
+    with pytest.warns(UserWarning, match="Most patches lie on background"):
+        sptl.pp.extract_patches(adata, scale_factor=0.15, patch_size=1.5, size=32, key_added="wrong")
+    assert adata.obs["wrong_tissue"].median() < 0.2
+    img = adata.uns["spatial"]["C2"]["images"]["hires"][:1000, :1000].astype(np.float32) / 255
+    img[10, 10, 0] = np.nan
+    with pytest.raises(ValueError, match="contains NaN pixels"):
+        sptl.pp.extract_patches(adata[:3].copy(), image=img, scale_factor=0.05, patch_size=10, unit="px")

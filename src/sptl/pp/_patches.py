@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from time import perf_counter
@@ -230,6 +231,10 @@ def extract_patches(
     ``return_dataset=True``. Written:
 
     - ``obs[f"{key_added}_coverage"]``: fraction of each patch that lies inside the image,
+    - ``obs[f"{key_added}_tissue"]``: fraction of each patch on tissue (saturation mask of a thumbnail,
+      Otsu's threshold; in-memory images only). When the median is below 0.2 a warning says that the
+      patches lie mostly on background: a scale factor that does not fit the image's resolution, or
+      coordinates of another image,
     - ``uns[key_added]["params"]``: the patch record that :meth:`sptl.pp.PatchDataset.from_adata`,
       :func:`sptl.tl.embed_histology` and :class:`sptl.models.SpatialCLIP` read: ``library_id``,
       ``img_key``, ``image_path`` (``None`` for an image in ``uns['spatial']``), ``spatial_key``,
@@ -333,6 +338,15 @@ def extract_patches(
         )
         raise ValueError(msg)
     coverage = patch_coverage(centers, patch_px, width, height)
+    tissue = patch_tissue(img, centers, patch_px) if isinstance(img, np.ndarray) else None
+    if tissue is not None and len(tissue) >= 10 and np.median(tissue) < LOW_TISSUE:
+        warnings.warn(
+            f"Most patches lie on background: median tissue fraction {np.median(tissue):.2f} (saturation mask of"
+            f" the image). Check that the scale factor {scale_factor:g} fits this image's resolution and that"
+            f" `obsm[{spatial_key!r}]` belongs to this image.",
+            UserWarning,
+            stacklevel=2,
+        )
     if border == "error" and (coverage < 1).any():
         first = adata.obs_names[np.flatnonzero(coverage < 1)[0]]
         msg = (
@@ -367,6 +381,8 @@ def extract_patches(
         lib.setdefault("images", {})[img_key] = store_image
         lib.setdefault("scalefactors", {})[f"tissue_{img_key}_scalef"] = scale_factor
     out.obs[_keys.patch_coverage(key_added)] = coverage.astype(np.float32)
+    if tissue is not None:
+        out.obs[_keys.patch_tissue(key_added)] = tissue.astype(np.float32)
     out.uns[key_added] = {"params": params}
     logg.info(
         f"    finished ({perf_counter() - start:.1f}s): added\n"
@@ -449,7 +465,11 @@ def check_image(image: Any, where: str) -> Any:
         return image
     if np.issubdtype(dtype, np.floating):
         step = max(1, int(np.sqrt(shape[0] * shape[1] / 1e6)))
-        top = float(np.nanmax(np.asarray(image[::step, ::step, :3])))
+        sample = np.asarray(image[::step, ::step, :3])
+        if np.isnan(sample).any() or (isinstance(image, np.ndarray) and np.isnan(image[..., :3]).any()):
+            msg = f"{where} contains NaN pixels: fill them (for example with 1.0, white) before using the image."
+            raise ValueError(msg)
+        top = float(np.max(sample))
         if top > 1.0 + 1e-6:
             msg = (
                 f"{where} is a float image with values up to {top:g}: float images must lie in [0, 1]"
@@ -505,6 +525,34 @@ def patch_coverage(centers: np.ndarray, patch_px: float, width: int, height: int
     wx = np.clip(x0 + side, 0, width) - np.clip(x0, 0, width)
     wy = np.clip(y0 + side, 0, height) - np.clip(y0, 0, height)
     return (wx * wy) / float(side * side)
+
+
+#: Median tissue fraction of the patches below which extract_patches warns (a wrong scale factor or image
+#: puts the patches on the slide's background; on tissue Otsu's threshold leaves about half of each patch).
+LOW_TISSUE = 0.2
+#: Longest side of the thumbnail the tissue mask is computed on.
+THUMBNAIL_PX = 2048
+
+
+def patch_tissue(image: np.ndarray, centers: np.ndarray, patch_px: float) -> np.ndarray:
+    """Fraction of each square patch that lies on tissue, from a thumbnail's saturation mask (Otsu)."""
+    from ._tile import _tissue_mask
+
+    step = max(1, int(np.ceil(max(image.shape[:2]) / THUMBNAIL_PX)))
+    thumb = np.asarray(image[::step, ::step, :3])
+    if np.issubdtype(thumb.dtype, np.floating):
+        thumb = np.nan_to_num(thumb)
+    mask, _ = _tissue_mask(thumb, None)
+    integral = np.pad(mask.astype(np.float64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    h, w = mask.shape
+    half = max(1.0, float(patch_px) / step) / 2
+    x0 = np.clip(np.floor(centers[:, 0] / step - half + 0.5).astype(int), 0, w)
+    x1 = np.clip(np.floor(centers[:, 0] / step + half + 0.5).astype(int), 0, w)
+    y0 = np.clip(np.floor(centers[:, 1] / step - half + 0.5).astype(int), 0, h)
+    y1 = np.clip(np.floor(centers[:, 1] / step + half + 0.5).astype(int), 0, h)
+    area = np.maximum((x1 - x0) * (y1 - y0), 1)
+    inside = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
+    return np.where((x1 > x0) & (y1 > y0), inside / area, 0.0)
 
 
 def crop_patch(image: np.ndarray, center: np.ndarray, side: int, border: str) -> np.ndarray:
