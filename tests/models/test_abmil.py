@@ -134,3 +134,90 @@ def test_bad_input_raises():
         ABMIL(pooling="sum")
     with pytest.raises(RuntimeError, match="not fitted"):
         ABMIL().predict(_toy(), bag_key="bag")
+
+
+def _fit_toy(**params):
+    rng = np.random.default_rng(2)
+    n_bags, size = 24, 6
+    a = ad.AnnData(np.zeros((n_bags * size, 1), dtype=np.float32), obsm={"X_emb": rng.normal(size=(n_bags * size, 4))})
+    a.obs["bag"] = np.repeat([f"b{i}" for i in range(n_bags)], size)
+    pos = np.repeat(np.arange(n_bags) % 2 == 1, size)
+    a.obsm["X_emb"][pos & (np.arange(n_bags * size) % size < 2), 0] += 4
+    a.obs["y"] = np.where(pos, "pos", "neg")
+    model = ABMIL(max_epochs=20, seed=0, **params).fit(a, bag_key="bag", label_key="y", use_rep="X_emb", progress=False)
+    return a, model
+
+
+OPTIONS = {
+    "residual": False,
+    "attention_weights": "sigmoid",
+    "n_heads": 3,
+    "instance_loss": 0.3,
+    "top_k": 2,
+    "instance_dropout": 0.2,
+    "validation_fraction": 0.25,
+}
+
+
+def test_options_train_and_round_trip(tmp_path):
+    a, model = _fit_toy(**OPTIONS)
+    assert {k: model.params[k] for k in OPTIONS} == OPTIONS
+    # early stopping: the validation losses and the chosen epoch are recorded
+    assert len(model.history_["validation_loss"]) == 20 and 0 <= model.history_["best_epoch"] < 20
+    proba = model.predict_proba(a, bag_key="bag")
+    truth = a.obs.groupby("bag", sort=False)["y"].first().reindex(proba.index)
+    assert roc_auc_score(truth == "pos", proba["pos"]) > 0.9
+    att = model.attention(a, bag_key="bag")
+    np.testing.assert_allclose(att.groupby(a.obs["bag"].to_numpy()).sum(), 1, atol=1e-5)
+    model.save(tmp_path / "m.npz")
+    loaded = ABMIL.load(tmp_path / "m.npz")
+    assert loaded.params == model.params
+    pd.testing.assert_frame_equal(proba, loaded.predict_proba(a, bag_key="bag"), atol=1e-6)
+    pd.testing.assert_series_equal(att, loaded.attention(a, bag_key="bag"), atol=1e-6)
+
+
+def _rewrite_header(src, dst, change):
+    import json
+
+    with np.load(src) as f:
+        arrays = {k: f[k] for k in f.files}
+    header = json.loads(arrays.pop("__header__").tobytes().decode())
+    change(header["params"])
+    blob = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    np.savez(dst, __header__=blob, **arrays)
+
+
+def test_old_checkpoints_load_with_their_settings_and_mismatches_are_refused(tmp_path):
+    # a model with the settings of the first ABMIL (before issue 13), saved without the new option names
+    old = {"residual": False, "dropout": 0.25, "weight_decay": 1e-4}
+    a, model = _fit_toy(**old)
+    model.save(tmp_path / "new.npz")
+    new_keys = set(ABMIL._LEGACY)
+    _rewrite_header(tmp_path / "new.npz", tmp_path / "old.npz", lambda p: [p.pop(k) for k in new_keys])
+    loaded = ABMIL.load(tmp_path / "old.npz")
+    assert loaded.params["residual"] is False and loaded.params["n_heads"] == 1  # not today's defaults
+    pd.testing.assert_frame_equal(model.predict_proba(a, bag_key="bag"), loaded.predict_proba(a, bag_key="bag"))
+    # weights of another architecture: refused
+    _rewrite_header(tmp_path / "new.npz", tmp_path / "heads.npz", lambda p: p.update(n_heads=2))
+    with pytest.raises(ValueError, match="do not fit an ABMIL"):
+        ABMIL.load(tmp_path / "heads.npz")
+    _rewrite_header(tmp_path / "new.npz", tmp_path / "future.npz", lambda p: p.update(temperature=2.0))
+    with pytest.raises(ValueError, match="options this sptl does not know \\(\\['temperature'\\]\\)"):
+        ABMIL.load(tmp_path / "future.npz")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"n_heads": 0}, "`n_heads` must be a positive integer"),
+        ({"top_k": 1.5}, "`top_k` must be a positive integer"),
+        ({"instance_loss": 1.0}, "`instance_loss` must lie in \\[0, 1\\)"),
+        ({"instance_dropout": -0.1}, "`instance_dropout` must lie in \\[0, 1\\)"),
+        ({"validation_fraction": 0.5}, "`validation_fraction` must lie in \\[0, 0.5\\)"),
+        ({"attention_weights": "relu"}, "attention_weights='relu'"),
+        ({"weight_decay": -1.0}, "`weight_decay` non-negative"),
+    ],
+)
+def test_new_options_are_validated(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ABMIL(**kwargs)

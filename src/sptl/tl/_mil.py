@@ -63,9 +63,12 @@ def mil(
     n_splits
         Number of folds. ``None`` with ``groups_key``: leave one group out.
     pooling
-        ``"attention"`` (gated attention), or the baselines ``"mean"`` and ``"max"``.
+        ``"attention"`` (gated attention on top of the mean of the instance embeddings, see
+        :class:`sptl.models.ABMIL`), or the baselines ``"mean"`` and ``"max"``.
     model_kwargs
-        Further arguments of :class:`sptl.models.ABMIL` (for example ``{"max_epochs": 100}``).
+        Further arguments of :class:`sptl.models.ABMIL` (for example ``{"max_epochs": 100}``, or
+        ``{"residual": False, "dropout": 0.25, "weight_decay": 1e-4}`` for the settings of earlier sptl
+        versions); they are checked before anything is computed.
     {key_added}
     {device}
     {seed}
