@@ -24,7 +24,7 @@ def test_fit_on_four_patients_predicts_two_others(her2st_bags):
     assert proba.shape == (test.obs["sptl_tile"].nunique(), 2)
     np.testing.assert_allclose(proba.sum(axis=1), 1, atol=1e-5)
     auc = roc_auc_score(truth == "cancer", proba["cancer"])
-    # measured 0.871 with seed 0 (0.815-0.871 over seeds 0-2; mean pooling 0.61-0.80); E1 + F1 hold 101 bags,
+    # measured 0.870 with seed 0 (0.800-0.870 over seeds 0-2; mean pooling 0.61-0.80); E1 + F1 hold 101 bags,
     # only 8 of them without cancer, so the AUC is coarse
     assert auc > 0.75
     pred = model.predict(test, bag_key="sptl_tile")

@@ -9,15 +9,20 @@ from sklearn.metrics import roc_auc_score
 import sptl
 
 KW = {"bag_key": "sptl_tile", "label_key": "bag_label", "use_rep": "X_pca", "progress": False}
+BASELINE = {"dropout": 0.25, "weight_decay": 1e-4, "residual": False}
 
 
 @pytest.fixture(scope="module")
 def loo_results(her2st_bags):
-    """Leave-one-patient-out runs with gated attention and with mean pooling (seed 0)."""
+    """Leave-one-patient-out runs with the attention defaults and with mean pooling (seed 0).
+
+    Mean pooling keeps the settings it was benchmarked with (``benchmarks/mil.py``: dropout 0.25,
+    weight decay 1e-4), so the comparison does not weaken the baseline.
+    """
     out = {}
-    for pooling in ("attention", "mean"):
+    for pooling, kw in (("attention", None), ("mean", BASELINE)):
         out[pooling] = sptl.tl.mil(
-            her2st_bags, groups_key="patient", n_splits=None, pooling=pooling, copy=True, seed=0, **KW
+            her2st_bags, groups_key="patient", n_splits=None, pooling=pooling, model_kwargs=kw, copy=True, seed=0, **KW
         )
     return out
 
@@ -53,18 +58,19 @@ def test_mil_leave_one_patient_out_writes_everything(her2st_bags, loo_results):
 def test_abmil_vs_mean_pooling_bag_auc(loo_results):
     att = loo_results["attention"].uns["sptl_mil"]["scores"]["auc"]
     mean = loo_results["mean"].uns["sptl_mil"]["scores"]["auc"]
-    # measured with seed 0 (CPU): ABMIL 0.754, mean pooling 0.837. Over seeds 0-4 (benchmarks/mil.py):
-    # ABMIL 0.800 +- 0.050, mean pooling 0.850 +- 0.020, so on these bags ABMIL does NOT beat mean pooling.
+    # measured with seed 0 (CPU): ABMIL defaults 0.755, mean pooling 0.837. Over seeds 0-4 (benchmarks/mil.py):
+    # ABMIL 0.80-0.81 (issue-13 defaults), mean pooling 0.850 +- 0.020, so on these bags ABMIL does NOT beat mean
+    # pooling (the issue-13 goal is not met)
     assert att > 0.70
     assert mean > 0.78
-    # ... it trails it by 0.083 here (0.050 on average over five seeds); fail if the gap grows past 0.12
+    # ... it trails it by 0.082 here; fail if the gap grows past 0.12
     assert mean - att < 0.12
 
 
 def test_attention_localises_invasive_cancer(loo_results):
     # spots of positive bags: attention x bag size vs the pathologist's invasive cancer label
     auc = _localisation_auc(loo_results["attention"])
-    assert auc > 0.56  # measured 0.605 with seed 0 (0.609 +- 0.021 over seeds 0-4); chance is 0.5
+    assert auc > 0.58  # measured 0.615 with seed 0 (0.620 +- 0.015 over seeds 0-4, goal 0.65); chance is 0.5
     # mean pooling has uniform weights: its "attention" says nothing (0.5 up to float rounding)
     assert _localisation_auc(loo_results["mean"]) == pytest.approx(0.5, abs=0.01)
 
