@@ -316,6 +316,7 @@ class ABMIL(TransferModel):
     attention_weights
         ``"softmax"`` (Ilse et al.: instances compete for the weight of a bag) or ``"sigmoid"`` (each
         instance gets an independent gate in (0, 1); a bag's gates divided by their sum are the weights).
+        Attention pooling only, as are ``n_heads``, ``instance_loss`` and ``top_k``.
     n_heads
         Number of gated attention heads; their pooled embeddings are concatenated and the reported
         attention is their mean.
