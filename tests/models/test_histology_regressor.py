@@ -50,7 +50,7 @@ def test_predicts_a_held_out_section_from_its_image(model, sections, genes):
     assert pred.shape == (sections["C4"].n_obs, 30) and list(pred.columns) == genes
     assert np.isfinite(pred.to_numpy()).all()
     r = _pearson(pred, sections["C4"], genes)
-    assert r > 0.2, r  # measured 0.30 at these small settings (96 px, one view); a random-weight tower 0.15
+    assert r > 0.3, r  # measured 0.36 at these small settings (96 px, one view); a random-weight tower 0.26
     # the smoothing weight was chosen on the training sections, among the documented grid
     assert model.history_["smooth"] in (0.0, 0.25, 0.5, 0.75)
     assert set(model.history_["smooth_scores"]) == {"0.0", "0.25", "0.5", "0.75"}

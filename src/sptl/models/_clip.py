@@ -613,8 +613,8 @@ class SpatialCLIP(TransferModel):
         Each patch's image embedding is compared with the expression embeddings of the ``reference``
         spots; the prediction is the similarity-weighted mean (softmax with the model's temperature)
         of the ``n_neighbors`` closest reference profiles, log-normalised (``log1p`` of counts per
-        10,000 over the predicted genes). ``genes`` defaults to the model's genes; any reference genes
-        can be predicted.
+        10,000 of all the reference's genes, as scanpy normalises). ``genes`` defaults to the model's
+        genes; any reference genes can be predicted.
 
         Returns
         -------
@@ -635,7 +635,9 @@ class SpatialCLIP(TransferModel):
         ref = self.transform(
             reference, modality="expression", layer=reference_layer, max_missing_genes=max_missing_genes, progress=False
         )
-        target = log_normalize(sparse.csr_matrix(ref_counts)[:, reference.var_names.get_indexer(genes)])
+        from ._histology import log_normalize_subset
+
+        target = log_normalize_subset(ref_counts, reference.var_names.get_indexer(genes))
         weights, idx = self._neighbours(query, ref, int(n_neighbors))
         pred = np.einsum("nk,nkg->ng", weights, target[idx])
         return pd.DataFrame(pred.astype(np.float32), index=adata.obs_names.copy(), columns=genes.copy())

@@ -18,7 +18,7 @@ from torch import nn
 from .. import _keys, _validate
 from .._device import resolve_device
 from ._base import TransferModel
-from ._clip import choose_genes, log_normalize
+from ._clip import choose_genes
 from ._encoders import encode_dataset, load_image_encoder
 
 #: Ridge penalties searched by generalised cross-validation (features are z-scored, targets z-scored).
@@ -264,7 +264,7 @@ class HistologyRegressor(TransferModel):
         genes = choose_genes(adatas, counts, names, n_genes=p["n_genes"], genes=p["genes"])
         Y = np.vstack(
             [
-                log_normalize(sparse.csr_matrix(X)[:, a.var_names.get_indexer(genes)])
+                log_normalize_subset(X, a.var_names.get_indexer(genes))
                 for a, X in zip(adatas, counts, strict=True)
             ]
         )
@@ -317,7 +317,7 @@ class HistologyRegressor(TransferModel):
         smooth: float | None = None,
         progress: bool = True,
     ) -> pd.DataFrame:
-        """Expression (``log1p`` of counts per 10,000) predicted from the image of every spot.
+        """Expression (``log1p`` of counts per 10,000 of all genes) predicted from the image of every spot.
 
         Parameters
         ----------
@@ -381,6 +381,14 @@ class HistologyRegressor(TransferModel):
             f"HistologyRegressor(encoder={p['encoder']!r}, pretrained={p['pretrained']!r}, context={p['context']},"
             f" views={p['views']}, smooth={p['smooth']!r}) [{state}]"
         )
+
+
+def log_normalize_subset(X: np.ndarray | sparse.spmatrix, columns: np.ndarray) -> np.ndarray:
+    """``log1p`` of counts per 10,000 of all genes (scanpy's normalisation), on the ``columns`` only (dense)."""
+    X = sparse.csr_matrix(X, dtype=np.float32)
+    total = np.asarray(X.sum(axis=1)).ravel()
+    scale = np.divide(1e4, total, out=np.zeros_like(total), where=total > 0)
+    return np.log1p(np.asarray((sparse.diags(scale) @ X[:, columns]).todense())).astype(np.float32)
 
 
 def _graph(adata: AnnData, n_neighbors: int) -> sparse.csr_matrix:

@@ -162,8 +162,8 @@ def predict_expression(
     Returns
     -------
     ``None``, or the annotated copy if ``copy=True``. Written: ``obsm[key_added]``, a DataFrame (rows
-    ``obs_names``, columns the genes) of predicted ``log1p`` counts per 10,000 (normalised over the
-    predicted genes), and ``uns[key_added]["params"]``.
+    ``obs_names``, columns the genes) of predicted ``log1p`` counts per 10,000 (of all genes), and
+    ``uns[key_added]["params"]``.
 
     Examples
     --------
