@@ -72,7 +72,9 @@ class HistologyRegressor(TransferModel):
         How many of the 8 dihedral views (4 rotations, each also mirrored) of every crop are averaged
         (1: the crop as it is).
     n_genes
-        Number of highly variable genes predicted (chosen on the training sections), unless ``genes``.
+        Number of genes predicted, unless ``genes``: those whose ``log1p`` counts per 10,000 vary most over
+        the training spots (not scanpy's dispersion-normalised highly variable genes, which on a few hundred
+        spots are mostly lowly expressed genes).
     genes
         Predict exactly these genes.
     smooth
@@ -261,12 +263,9 @@ class HistologyRegressor(TransferModel):
         if sum(a.n_obs for a in adatas) < 10:
             msg = f"{sum(a.n_obs for a in adatas)} training spots: at least 10 are needed to fit a probe."
             raise ValueError(msg)
-        genes = choose_genes(adatas, counts, names, n_genes=p["n_genes"], genes=p["genes"])
+        genes = _choose_genes(adatas, counts, names, n_genes=p["n_genes"], genes=p["genes"])
         Y = np.vstack(
-            [
-                log_normalize_subset(X, a.var_names.get_indexer(genes))
-                for a, X in zip(adatas, counts, strict=True)
-            ]
+            [log_normalize_subset(X, a.var_names.get_indexer(genes)) for a, X in zip(adatas, counts, strict=True)]
         )
         logg.info(
             f"fitting HistologyRegressor ({p['encoder']}, context {p['context']}, {p['views']} views) on"
@@ -381,6 +380,27 @@ class HistologyRegressor(TransferModel):
             f"HistologyRegressor(encoder={p['encoder']!r}, pretrained={p['pretrained']!r}, context={p['context']},"
             f" views={p['views']}, smooth={p['smooth']!r}) [{state}]"
         )
+
+
+def _choose_genes(
+    adatas: list[AnnData], counts: list, names: list[str], *, n_genes: int, genes: Sequence[str] | None
+) -> list[str]:
+    """``genes``, or the ``n_genes`` shared genes whose ``log1p`` counts per 10,000 vary most over the spots.
+
+    Variance, not scanpy's dispersion-normalised highly variable genes: on a few hundred spots those are
+    mostly lowly expressed genes, and the genes an image shows (tumour, immune, stroma markers) are
+    highly expressed and variable.
+    """
+    if genes is not None:
+        return choose_genes(adatas, counts, names, n_genes=n_genes, genes=genes, min_shared_genes=1)
+    shared = _validate.shared_genes(adatas, names, min(100, min(a.n_vars for a in adatas)))
+    if len(shared) <= n_genes:
+        return shared.tolist()
+    y = np.vstack(
+        [log_normalize_subset(X, a.var_names.get_indexer(shared)) for a, X in zip(adatas, counts, strict=True)]
+    )
+    keep = np.sort(np.argsort(-y.var(axis=0), kind="stable")[:n_genes])
+    return shared[keep].tolist()
 
 
 def log_normalize_subset(X: np.ndarray | sparse.spmatrix, columns: np.ndarray) -> np.ndarray:
