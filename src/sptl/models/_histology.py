@@ -363,14 +363,10 @@ class HistologyRegressor(TransferModel):
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: str | None = None) -> HistologyRegressor:
         """Load a model saved with :meth:`save` (the tower is rebuilt from ``encoder`` / ``pretrained``)."""
-        from ._base import read_checkpoint
-
-        header, _ = read_checkpoint(path, cls.__name__)
-        if device is not None:
-            header["params"]["device"] = device
         model = super().load(path)
         if device is not None:
             model.params["device"] = device
+            model._tower = None  # rebuilt on the new device when first needed
         return model
 
     def __repr__(self) -> str:
