@@ -635,8 +635,6 @@ class SpatialCLIP(TransferModel):
         ref = self.transform(
             reference, modality="expression", layer=reference_layer, max_missing_genes=max_missing_genes, progress=False
         )
-        from ._histology import log_normalize_subset
-
         target = log_normalize_subset(ref_counts, reference.var_names.get_indexer(genes))
         weights, idx = self._neighbours(query, ref, int(n_neighbors))
         pred = np.einsum("nk,nkg->ng", weights, target[idx])
@@ -778,7 +776,12 @@ def choose_genes(
 
 def log_normalize(X: Any) -> np.ndarray:
     """``log1p`` of counts per 10,000 (dense ``float32``)."""
+    return log_normalize_subset(X, slice(None))
+
+
+def log_normalize_subset(X: np.ndarray | sparse.spmatrix, columns: np.ndarray | slice) -> np.ndarray:
+    """``log1p`` of counts per 10,000 of all genes (scanpy's normalisation), on the ``columns`` only (dense)."""
     X = sparse.csr_matrix(X, dtype=np.float32)
     total = np.asarray(X.sum(axis=1)).ravel()
     scale = np.divide(1e4, total, out=np.zeros_like(total), where=total > 0)
-    return np.log1p(np.asarray(sparse.diags(scale) @ X.todense())).astype(np.float32)
+    return np.log1p(np.asarray((sparse.diags(scale) @ X[:, columns]).todense())).astype(np.float32)

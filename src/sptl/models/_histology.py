@@ -18,7 +18,7 @@ from torch import nn
 from .. import _keys, _validate
 from .._device import resolve_device
 from ._base import TransferModel
-from ._clip import choose_genes
+from ._clip import choose_genes, log_normalize_subset
 from ._encoders import encode_dataset, load_image_encoder
 
 #: Ridge penalties searched by generalised cross-validation (features are z-scored, targets z-scored).
@@ -397,14 +397,6 @@ def _choose_genes(
     )
     keep = np.sort(np.argsort(-y.var(axis=0), kind="stable")[:n_genes])
     return shared[keep].tolist()
-
-
-def log_normalize_subset(X: np.ndarray | sparse.spmatrix, columns: np.ndarray) -> np.ndarray:
-    """``log1p`` of counts per 10,000 of all genes (scanpy's normalisation), on the ``columns`` only (dense)."""
-    X = sparse.csr_matrix(X, dtype=np.float32)
-    total = np.asarray(X.sum(axis=1)).ravel()
-    scale = np.divide(1e4, total, out=np.zeros_like(total), where=total > 0)
-    return np.log1p(np.asarray((sparse.diags(scale) @ X[:, columns]).todense())).astype(np.float32)
 
 
 def _graph(adata: AnnData, n_neighbors: int) -> sparse.csr_matrix:
