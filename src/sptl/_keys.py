@@ -143,6 +143,11 @@ def attention(key_added: str) -> str:
     return f"{key_added}_attention"
 
 
+def evidence(key_added: str) -> str:
+    """``obsm`` key of each instance's contribution to its bag's class logits, times the bag size (MIL)."""
+    return f"{key_added}_evidence"
+
+
 def instance_probabilities(key_added: str) -> str:
     """``obsm`` key of per-instance class probabilities (a DataFrame, one column per class; MIL)."""
     return f"{key_added}_instance_probabilities"

@@ -221,3 +221,27 @@ def test_old_checkpoints_load_with_their_settings_and_mismatches_are_refused(tmp
 def test_new_options_are_validated(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ABMIL(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{}, {"residual": False}, {"n_heads": 3}, {"attention_weights": "sigmoid"}, {"pooling": "mean"}],
+    ids=["defaults", "no-residual", "3-heads", "sigmoid", "mean"],
+)
+def test_evidence_adds_up_to_the_bag_logits(params, tmp_path):
+    """Additive decomposition: the bag-mean of the evidence is the bag's logit difference up to the bias."""
+    a, model = _fit_toy(**params)
+    ev = model.evidence(a, bag_key="bag")
+    assert list(ev.columns) == ["neg", "pos"] and ev.index.equals(a.obs_names) and ev.notna().all().all()
+    np.testing.assert_allclose(ev.sum(axis=1), 0, atol=1e-4)  # centred over the classes
+    proba = model.predict_proba(a, bag_key="bag")
+    logit = np.log(proba["pos"] / proba["neg"])
+    bias = model.net_.classifier[1].bias.detach().numpy()
+    mean_ev = (ev["pos"] - ev["neg"]).groupby(a.obs["bag"].to_numpy()).mean().reindex(proba.index)
+    np.testing.assert_allclose(mean_ev + bias[1] - bias[0], logit, atol=1e-3)
+    # the two shifted (key) instances of each positive bag carry the evidence for "pos"
+    pos_bag = (a.obs["y"] == "pos").to_numpy()
+    key = pos_bag & (np.arange(a.n_obs) % 6 < 2)
+    assert ev["pos"][key].mean() > ev["pos"][pos_bag & ~key].mean()
+    model.save(tmp_path / "m.npz")
+    pd.testing.assert_frame_equal(ev, ABMIL.load(tmp_path / "m.npz").evidence(a, bag_key="bag"), atol=1e-5)

@@ -27,11 +27,13 @@ def loo_results(her2st_bags):
     return out
 
 
-def _localisation_auc(adata, key="sptl_mil"):
+def _localisation_auc(adata, key="sptl_mil", evidence=False):
     lab = adata.obs["label"].astype(str)
     keep = (adata.obs["bag_label"] == "cancer").to_numpy() & ~lab.isin(["undetermined", "nan"]).to_numpy()
     size = adata.obs["sptl_tile"].map(adata.obs["sptl_tile"].value_counts()).to_numpy(float)
     score = adata.obs[f"{key}_attention"].to_numpy() * size
+    if evidence:
+        score = adata.obsm[f"{key}_evidence"]["cancer"].to_numpy()
     return roc_auc_score((lab == "invasive cancer").to_numpy()[keep], score[keep])
 
 
@@ -53,6 +55,9 @@ def test_mil_leave_one_patient_out_writes_everything(her2st_bags, loo_results):
     np.testing.assert_allclose(att[in_bag].groupby(out.obs["sptl_tile"][in_bag], observed=True).sum(), 1, atol=1e-5)
     inst = out.obsm["sptl_mil_instance_probabilities"]
     assert list(inst.columns) == ["cancer", "no cancer"] and inst.shape == (out.n_obs, 2)
+    ev = out.obsm["sptl_mil_evidence"]
+    assert list(ev.columns) == ["cancer", "no cancer"] and ev.index.equals(out.obs_names)
+    assert ev[in_bag].notna().all().all() and ev[~in_bag].isna().all().all()
 
 
 def test_abmil_vs_mean_pooling_bag_auc(loo_results):
@@ -73,6 +78,13 @@ def test_attention_localises_invasive_cancer(loo_results):
     assert auc > 0.58  # measured 0.615 with seed 0 (0.620 +- 0.015 over seeds 0-4, goal 0.65); chance is 0.5
     # mean pooling has uniform weights: its "attention" says nothing (0.5 up to float rounding)
     assert _localisation_auc(loo_results["mean"]) == pytest.approx(0.5, abs=0.01)
+
+
+def test_evidence_localises_invasive_cancer(loo_results):
+    # the class-aware evidence map (pooling weight x the spot's own evidence for "cancer", times the bag size):
+    # measured 0.619 with seed 0 (attention 0.615); over seeds 0-4 0.679 +- 0.051 (attention 0.620 +- 0.015)
+    auc = _localisation_auc(loo_results["attention"], evidence=True)
+    assert auc > 0.59
 
 
 def _toy(n_bags=30, size=8, seed=0):
@@ -96,7 +108,7 @@ def test_stratified_folds_without_groups_and_three_classes():
     res = a.uns["m"]
     assert sorted(res["bags"]["fold"].value_counts().tolist()) == [10, 10, 10]
     assert res["scores"]["auc"] > 0.9
-    assert "m_attention" in a.obs and "m_instance_probabilities" in a.obsm
+    assert "m_attention" in a.obs and "m_instance_probabilities" in a.obsm and "m_evidence" in a.obsm
     assert res["params"]["model_kwargs"] == {"max_epochs": 30}
     b = _toy(n_bags=36)
     b.obs["y"] = np.repeat(np.array(["a", "b", "c"])[np.arange(36) % 3], 8)

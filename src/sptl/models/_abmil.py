@@ -257,6 +257,25 @@ class _MILNet(nn.Module):
         hit = (value >= best).to(h.dtype)  # the instance(s) that give the bag its top logit
         return logits, hit / scatter(hit, index, dim=0, dim_size=n_bags, reduce="sum")[index], inst, None
 
+    def evidence(self, h: torch.Tensor, index: torch.Tensor, n_bags: int) -> torch.Tensor:
+        """Each instance's contribution to its bag's logits, times the bag size, centred over classes.
+
+        The classifier is linear, so a bag's logits are, up to a constant, the sum over its instances of
+        their pooling weight times the classifier applied to their embedding (Additive MIL, Javed et al.
+        2022); times the bag size the contributions average to the bag's logits over its instances.
+        """
+        _, a, _, heads = self.forward_all(h, index, n_bags)
+        weight = self.classifier[1].weight  # (classes, width)
+        n = torch.bincount(index, minlength=n_bags).to(h.dtype)[index]
+        if heads is None:
+            share = (1.0 / n).unsqueeze(1) if self.pooling == "mean" else a.unsqueeze(1)
+            g = (h @ weight.T).unsqueeze(1)
+        else:
+            share = heads + (1.0 / n).unsqueeze(1) if self.residual else heads
+            g = torch.einsum("id,khd->ihk", h, weight.view(weight.shape[0], self.n_heads, -1))
+        c = (share.unsqueeze(-1) * g).sum(dim=1) * n.unsqueeze(1)
+        return c - c.mean(dim=1, keepdim=True)
+
 
 def _rank_in_bag(score: torch.Tensor, index: torch.Tensor, n_bags: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Rank of every instance's ``score`` within its bag (0 = highest) and the size of its bag."""
@@ -585,8 +604,11 @@ class ABMIL(TransferModel):
         return loss
 
     # -- prediction ---------------------------------------------------------------------------------
-    def _forward_bags(self, bags: Bags, *, chunk: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Bag probabilities, instance attention and instance probabilities (instances in ``bags`` order)."""
+    def _forward_bags(self, bags: Bags, *, chunk: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Bag probabilities, instance attention, instance probabilities and instance evidence.
+
+        Instances in ``bags`` order; evidence is :meth:`_MILNet.evidence` (classes in columns).
+        """
         self._check_fitted()
         device = resolve_device(self.params["device"])
         self.net_.to(device)
@@ -595,16 +617,21 @@ class ABMIL(TransferModel):
         proba = np.empty((bags.n_bags, len(self.classes_)), dtype=np.float32)
         attn = np.empty(len(bags.bag), dtype=np.float32)
         inst = np.empty((len(bags.bag), len(self.classes_)), dtype=np.float32)
+        evid = np.empty((len(bags.bag), len(self.classes_)), dtype=np.float32)
         with torch.no_grad():
             for s in range(0, bags.n_bags, chunk):
                 chosen = np.arange(s, min(s + chunk, bags.n_bags))
                 idx = np.concatenate([members[b] for b in chosen])
-                local = np.repeat(np.arange(len(chosen)), [len(members[b]) for b in chosen])
-                logits, a, il = self.net_(X[idx], torch.as_tensor(local, device=device), len(chosen))
+                local = torch.as_tensor(
+                    np.repeat(np.arange(len(chosen)), [len(members[b]) for b in chosen]), device=device
+                )
+                h = self.net_.encode(X[idx])
+                logits, a, il, _ = self.net_.forward_all(h, local, len(chosen))
                 proba[chosen] = torch.softmax(logits, dim=1).cpu().numpy()
                 attn[idx] = a.cpu().numpy()
                 inst[idx] = torch.softmax(il, dim=1).cpu().numpy()
-        return proba, attn, inst
+                evid[idx] = self.net_.evidence(h, local, len(chosen)).cpu().numpy()
+        return proba, attn, inst, evid
 
     def _bags_for_prediction(self, data: AnnData | Sequence[AnnData], bag_key: str | None, use_rep: str | None) -> Bags:
         self._check_fitted()
@@ -620,7 +647,7 @@ class ABMIL(TransferModel):
         ``use_rep`` defaults to the key the model was trained on; its width must match.
         """
         bags = self._bags_for_prediction(data, bag_key, use_rep)
-        proba, _, _ = self._forward_bags(bags)
+        proba, _, _, _ = self._forward_bags(bags)
         return pd.DataFrame(proba, index=bags.names.copy(), columns=pd.Index(self.classes_))
 
     def predict(
@@ -637,13 +664,40 @@ class ABMIL(TransferModel):
         Returns one Series indexed like ``obs_names`` per AnnData (a list when ``data`` is a list).
         """
         bags = self._bags_for_prediction(data, bag_key, use_rep)
-        _, attn, _ = self._forward_bags(bags)
+        _, attn, _, _ = self._forward_bags(bags)
         adatas = [data] if isinstance(data, AnnData) else list(data)
         out = []
         for i, ad in enumerate(adatas):
             values = np.full(ad.n_obs, np.nan, dtype=np.float32)
             values[bags.rows[i]] = attn[bags.offsets[i] : bags.offsets[i + 1]]
             out.append(pd.Series(values, index=ad.obs_names.copy(), name="attention"))
+        return out[0] if isinstance(data, AnnData) else out
+
+    def evidence(
+        self, data: AnnData | Sequence[AnnData], /, *, bag_key: str | None, use_rep: str | None = None
+    ) -> pd.DataFrame | list[pd.DataFrame]:
+        """Each instance's contribution to its bag's class logits, times the bag size (NaN outside bags).
+
+        The classifier is linear, so a bag's logits are (up to the bias) the sum over its instances of
+        the pooling weight times the classifier applied to the instance embedding, as in Additive MIL
+        (Javed et al., NeurIPS 2022). Multiplied by the bag size and centred over the classes, these
+        contributions average to the bag's centred logits over its instances: an instance with high
+        attention and high evidence for a class pushes the bag towards it, one with high attention but
+        evidence against the class pushes it away. Unlike attention (one weight per instance, the same
+        for every class) the evidence is class-aware. Exact for attention and mean pooling; for max
+        pooling only the instance that gives the bag its top logit gets a non-zero value.
+
+        Returns one DataFrame (rows like ``obs_names``, one column per class) per AnnData (a list when
+        ``data`` is a list).
+        """
+        bags = self._bags_for_prediction(data, bag_key, use_rep)
+        _, _, _, evid = self._forward_bags(bags)
+        adatas = [data] if isinstance(data, AnnData) else list(data)
+        out = []
+        for i, ad in enumerate(adatas):
+            values = np.full((ad.n_obs, len(self.classes_)), np.nan, dtype=np.float32)
+            values[bags.rows[i]] = evid[bags.offsets[i] : bags.offsets[i + 1]]
+            out.append(pd.DataFrame(values, index=ad.obs_names.copy(), columns=pd.Index(self.classes_)))
         return out[0] if isinstance(data, AnnData) else out
 
     # -- persistence --------------------------------------------------------------------------------
