@@ -294,7 +294,8 @@ class ABMIL(TransferModel):
     label for the whole bag. Each instance's features (``obsm[use_rep]``, z-scored with the training
     mean and standard deviation) go through a small encoder (linear, ReLU, dropout); gated attention
     (Ilse et al., ICML 2018) weighs the instances of a bag, the weighted mean is the bag embedding, and
-    a linear layer classifies it. The attention weights say which instances drive the bag's label.
+    a linear layer classifies it. The attention weights say which instances drive the bag's label;
+    :meth:`evidence` also says towards which class (each instance's share of the bag's logits).
     ``pooling="mean"`` and ``"max"`` give the classic baselines (mean of instance embeddings; maximum of
     instance logits).
 

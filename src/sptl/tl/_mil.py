@@ -83,9 +83,9 @@ def mil(
       over a bag; from the model that held the bag out),
     - ``obsm[f"{key_added}_evidence"]``: each instance's contribution to its bag's class logits times
       the bag size, centred over classes (:meth:`sptl.models.ABMIL.evidence`; a DataFrame with one
-      column per class). Attention says how much an instance counts, evidence also for which class:
-      on the HER2ST bags of ``benchmarks/mil.py`` it ranks the cancer spots of positive bags better
-      than attention does,
+      column per class). Attention says how much an instance counts, evidence also for which class
+      (on the HER2ST bags of ``benchmarks/mil.py`` it ranks the cancer spots of positive bags at 0.68
+      against 0.62 for attention; connective tissue spots at 0.62, as attention does),
     - ``obsm[f"{key_added}_instance_probabilities"]``: class probabilities of each instance alone (a
       bag of one), a DataFrame with one column per class,
     - ``uns[key_added]``: ``params``, ``classes``, ``bags`` (DataFrame indexed by bag id: ``label``,
