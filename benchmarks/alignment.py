@@ -11,6 +11,12 @@
     5 pairs each; E-H: 3 sections, 2 pairs each; 28 pairs; ``--b-patients`` for a subset):
     PASTE's accuracy (share of transported mass between spots of the same study cluster,
     ``obs['cluster']``), seconds.
+(d) Crossed perturbations (issue 14). HER2ST A1, C1, E1 and PASTE's breast section 1 (``--d-sections``)
+    against a copy cropped to 100/80/65/50% of the tissue (the spots on one side of a random line),
+    counts thinned to x1/x0.3/x0.1, a gene-wise log-normal batch factor (sigma 0/0.5/1), rotated in
+    0-180 degrees, with and without a mirror (:func:`perturbed_copy`). By default the issue's crossing
+    (65%, x0.3, sigma 0.5) and each axis varied around it; ``--d-full`` runs all 36 conditions.
+    Scores as in (a).
 (c) Scale. Synthetic sections (grid of spots, Voronoi domains plus smooth gradients, 60 genes) of
     n spots against a moved, resampled copy: seconds and peak memory of both, PASTE where it fits.
 
@@ -18,7 +24,7 @@ Every alignment runs in a fresh worker process (sptl: this file with ``--worker`
 ``benchmarks/peers/paste.py`` in ``.venv-paste``), which reports its wall time and its peak resident
 memory during the alignment above the level when it started (polled every 20 ms).
 
-Run: ``OMP_NUM_THREADS=1 python benchmarks/alignment.py`` (``--parts a b c``, ``--sizes``,
+Run: ``OMP_NUM_THREADS=1 python benchmarks/alignment.py`` (``--parts a b c d``, ``--d-methods sptl``, ``--sizes``,
 ``--paste-sizes``; PASTE's venv: ``bash benchmarks/peers/setup_paste.sh``).
 """
 
@@ -65,6 +71,36 @@ def moved_copy(adata, angle: float, mirror: bool, seed: int):
     moved.obsm["spatial"] = P @ R.T + np.array([20.0, -7.0]) * unit + rng.normal(0, 0.1 * unit, P.shape)
     moved.obs_names = [f"moved_{n}" for n in moved.obs_names]
     return moved, keep
+
+
+def perturbed_copy(adata, *, keep: float, thin: float, sigma: float, angle: float, mirror: bool, seed: int):
+    """Crop to ``keep`` of the tissue, thin counts, gene-wise batch factor, rotate (mirror), shift, jitter.
+
+    The crop keeps the spots on one side of a random line through the section (``keep`` of them); counts
+    are multiplied gene-wise by ``exp(N(0, sigma))`` and binomially thinned to ``thin``; the copy is then
+    rotated by ``angle`` (after mirroring x when ``mirror``), shifted by (20, -7) spot spacings and
+    jittered by 0.1 spacing. Returns the copy and the indices of its spots in ``adata``.
+    """
+    from scipy import sparse
+
+    rng = np.random.default_rng(seed)
+    P = np.asarray(adata.obsm["spatial"], dtype=float)
+    direction = rng.normal(size=2)
+    proj = P @ (direction / np.linalg.norm(direction))
+    kept = np.flatnonzero(proj <= np.quantile(proj, keep)) if keep < 1 else np.arange(adata.n_obs)
+    moved = adata[kept].copy()
+    X = sparse.csr_matrix(moved.X).astype(np.float64)
+    if sigma > 0:
+        X = X @ sparse.diags(np.exp(rng.normal(0, sigma, moved.n_vars)))
+    X.data = rng.binomial(np.round(X.data).astype(np.int64), thin).astype(np.float32)
+    X.eliminate_zeros()
+    moved.X = X.astype(np.float32)
+    th = np.deg2rad(angle)
+    R = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]]) @ np.diag([-1.0 if mirror else 1.0, 1.0])
+    unit = spacing(P)
+    moved.obsm["spatial"] = P[kept] @ R.T + np.array([20.0, -7.0]) * unit + rng.normal(0, 0.1 * unit, (len(kept), 2))
+    moved.obs_names = [f"moved_{n}" for n in moved.obs_names]
+    return moved, kept
 
 
 def synthetic_section(n: int, *, n_genes: int = 60, n_domains: int = 6, seed: int = 0):
@@ -233,6 +269,69 @@ def part_b(methods: tuple[str, ...] = B_METHODS, patients: str = "ABCDEFGH") -> 
     return pd.DataFrame(rows)
 
 
+#: Part (d) conditions (overlap, counts, batch sigma): the issue-14 crossing and each axis around it.
+D_CONDITIONS = (
+    (1.0, 1.0, 0.0),
+    (0.65, 0.3, 0.5),
+    (1.0, 0.3, 0.5),
+    (0.8, 0.3, 0.5),
+    (0.5, 0.3, 0.5),
+    (0.65, 0.1, 0.5),
+    (0.65, 0.3, 1.0),
+)
+D_SECTIONS = ("HER2ST A1", "HER2ST C1", "HER2ST E1", "breast_st 1")
+
+
+def _section(name: str):
+    import sptl
+
+    kind, which = name.split()
+    return sptl.datasets.breast_st(int(which)) if kind == "breast_st" else sptl.datasets.her2st(which)
+
+
+def part_d(methods: tuple[str, ...] = METHODS, sections: tuple[str, ...] = D_SECTIONS, full: bool = False):
+    """Crossed perturbations: crop, shallow counts, gene-wise batch factor, rotation and mirror."""
+    import itertools
+
+    conditions = (
+        list(itertools.product((1.0, 0.8, 0.65, 0.5), (1.0, 0.3, 0.1), (0.0, 0.5, 1.0))) if full else D_CONDITIONS
+    )
+    rows = []
+    for name in sections:
+        ref = _section(name)
+        unit = spacing(np.asarray(ref.obsm["spatial"], dtype=float))
+        for c, (keep, thin, sigma) in enumerate(conditions):
+            for mirror in (False, True):
+                angle = float(np.random.default_rng([c, int(mirror)]).uniform(0, 180))
+                moved, kept = perturbed_copy(
+                    ref, keep=keep, thin=thin, sigma=sigma, angle=angle, mirror=mirror, seed=c * 2 + mirror
+                )
+                for method in methods:
+                    res = safe_run(method, ref, moved, plan=False)
+                    row = {
+                        "section": name,
+                        "overlap": keep,
+                        "counts": thin,
+                        "sigma": sigma,
+                        "mirror": mirror,
+                        "angle": round(angle),
+                        "method": method,
+                    }
+                    if isinstance(res, str):
+                        row["error"] = res
+                    else:
+                        disp = np.linalg.norm(res["aligned_moved"] - res["aligned_ref"][kept], axis=1) / unit
+                        row.update(
+                            matched=float((res["match"] == kept).mean()),
+                            displacement=float(np.median(disp)),
+                            seconds=float(res["seconds"]),
+                            peak_mb=float(res["peak_mb"]),
+                        )
+                    rows.append(row)
+                    print(row, flush=True)
+    return pd.DataFrame(rows)
+
+
 def part_c(sizes: list[int], paste_sizes: list[int]) -> pd.DataFrame:
     rows = []
     for n in sorted(set(sizes) | set(paste_sizes)):
@@ -269,11 +368,14 @@ def exponent(df: pd.DataFrame, method: str, lo: int = 0, hi: float = np.inf) -> 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
-    p.add_argument("--parts", nargs="*", default=["a", "b", "c"])
+    p.add_argument("--parts", nargs="*", default=["a", "b", "c", "d"])
     p.add_argument("--sizes", nargs="*", type=int, default=[1_000, 10_000, 100_000])
     p.add_argument("--paste-sizes", nargs="*", type=int, default=[1_000, 2_500])
     p.add_argument("--b-methods", nargs="*", default=list(B_METHODS), help="methods of part (b)")
     p.add_argument("--b-patients", default="ABCDEFGH", help="HER2ST patients of part (b)")
+    p.add_argument("--d-methods", nargs="*", default=list(METHODS), help="methods of part (d)")
+    p.add_argument("--d-sections", nargs="*", default=list(D_SECTIONS), help='e.g. "HER2ST B1" "breast_st 2"')
+    p.add_argument("--d-full", action="store_true", help="part (d): the full 4 x 3 x 3 crossing")
     p.add_argument("--out", default=None, help="folder for the per-case tables (csv)")
     p.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     p.add_argument("--no-plan", action="store_true", help=argparse.SUPPRESS)
@@ -303,6 +405,16 @@ def main() -> None:
         for peer in wide.columns.drop("sptl", errors="ignore"):
             if "sptl" in wide:
                 print(f"pairs where sptl > {peer}:", int((wide["sptl"] > wide[peer]).sum()), "of", len(wide))
+    if "d" in args.parts:
+        d = part_d(tuple(args.d_methods), tuple(args.d_sections), args.d_full)
+        if out:
+            d.to_csv(out / "alignment_d.csv", index=False)
+        print("\n(d) crossed perturbations: mean over sections and rotation / mirror cases")
+        table = d.groupby(["overlap", "counts", "sigma", "method"], sort=False)[
+            ["matched", "displacement", "seconds", "peak_mb"]
+        ].mean()
+        print(table.round(3).to_markdown())
+        print("failures:", d.get("error", pd.Series(dtype=object)).notna().groupby(d["method"]).sum().to_dict())
     if "c" in args.parts:
         c = part_c(args.sizes, args.paste_sizes)
         if out:

@@ -73,6 +73,16 @@ def match_mass(key_added: str) -> str:
     return f"{key_added}_match_mass"
 
 
+def aligned_library(library_id: str, key_added: str) -> str:
+    """``uns['spatial']`` library holding a section's images moved into the aligned frame."""
+    return f"{library_id}_{key_added}"
+
+
+def aligned_3d(key_added: str) -> str:
+    """``obsm`` key of the aligned coordinates with the section's height as a third column."""
+    return f"{key_added}_3d"
+
+
 # -- histology: patches, image encoders and CLIP models (issue 5) ----------------------------------
 #: Default ``key_added`` of :func:`sptl.pp.extract_patches`: ``uns[PATCHES]["params"]`` describes the patches.
 PATCHES = "patches"

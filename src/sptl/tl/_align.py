@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from time import perf_counter
 
@@ -39,6 +40,8 @@ def align_slices(
     n_local: int = 10,
     max_iter: int = 200,
     min_shared_genes: int = 50,
+    section_spacing: float | Sequence[float] | None = None,
+    images: bool = True,
     return_plan: bool = False,
     key_added: str = _keys.ALIGN,
     seed: int = 0,
@@ -66,6 +69,10 @@ def align_slices(
        neighbouring spots apart; every spot of the smaller slice gets one partner and the larger
        slice's surplus spots stay unmatched; the transform is refitted.
 
+    When one slice of a pair covers less tissue than the other (a crop, a partial section), balanced
+    transport would spread it over the whole larger slice; on the exact path the pair is then also aligned
+    by partial transport of the share of the larger slice's mass the smaller one can meet (the ratio of
+    their tissue areas), and the transform whose final matching costs less is kept.
     With ``overlap < 1`` the sections only partly overlap: the search uses partial transport of that
     share of the mass (RANSAC does not depend on the centres of mass) and steps 3-4 are replaced by
     unbalanced transport restricted to each spot's ``n_local`` nearest spots of the other slice.
@@ -111,6 +118,17 @@ def align_slices(
         Largest number of iterations of the fused Gromov-Wasserstein solver.
     min_shared_genes
         Fewest genes all slices must share.
+    section_spacing
+        Distance between consecutive sections (in the unit of the coordinates), or the height of every
+        section (one number per slice). When given, the aligned coordinates with the height as a third
+        column are also written to ``obsm[f"{{key_added}}_3d"]`` (a 3-D stack for downstream analyses).
+    images
+        Move the images of every slice after the first with its spots: for each library of
+        ``uns['spatial']`` (scanpy's Visium layout) a new library ``f"{{library_id}}_{{key_added}}"`` holds
+        its images resampled into the aligned frame, with the same scale factors, so
+        ``sc.pl.spatial(adata, basis=key_added, library_id=f"{{library_id}}_{{key_added}}")`` shows the
+        tissue under the aligned spots (the first slice's own library is already in that frame). Parts
+        of an image that land at negative coordinates are cut off.
     return_plan
         Also return the transport plans: plan ``k`` couples the spots of ``slices[k + 1]`` (rows) with
         those of ``slices[k]`` (columns); dense on the exact path (a one-to-one matching of total mass
@@ -132,10 +150,16 @@ def align_slices(
       (slice ``i - 1``; slice 0 is matched to slice 1); missing where the transport moved no mass (the
       surplus spots of the larger slice of a pair on the exact path; partial overlap),
     - ``obs[f"{{key_added}}_match_mass"]``: share of the spot's mass sent to that match,
+    - ``obsm[f"{{key_added}}_3d"]`` with ``section_spacing``: ``(x, y, height)``,
+    - ``uns['spatial'][f"{{library_id}}_{{key_added}}"]`` with ``images`` (slices after the first that carry
+      images): the moved images,
     - ``uns[key_added]``: ``params``, ``rotation`` and ``translation`` (``x @ rotation.T + translation``
       maps ``obsm[spatial_key]`` to ``obsm[key_added]``), ``mirror``, ``angle`` (degrees, of the rotation
       part), ``slice`` (position in the stack), ``matched_to``, ``cost`` (transport cost of the pair)
-      and ``mode`` (``"exact"`` or ``"anchors"``).
+      ``mode`` (``"exact"`` or ``"anchors"``), ``area_ratio`` (tissue area of the smaller slice of the pair
+      over the larger one's: spots times squared spot spacing) and ``partial`` (``True`` when the smaller
+      slice was placed by partial transport of that share of the larger one's mass: a crop or a partial
+      section, see below).
 
     Examples
     --------
@@ -173,7 +197,19 @@ def align_slices(
         if len(c) < 3:
             msg = f"`{n}` has {len(c)} spots: alignment needs at least three per slice."
             raise ValueError(msg)
+    heights = _heights(section_spacing, len(items))
     genes = _validate.shared_genes(items, names, min_shared_genes)
+    spacings = [_align_ot.spacing(c) for c in coords]
+    if max(spacings) > 3 * min(spacings):
+        lo, hi = int(np.argmin(spacings)), int(np.argmax(spacings))
+        warnings.warn(
+            f"The spot spacing of `{names[hi]}` ({spacings[hi]:.3g}) is {spacings[hi] / spacings[lo]:.1f}x that of"
+            f" `{names[lo]}` ({spacings[lo]:.3g}): are the coordinates in different units (pixels of images at"
+            " other resolutions, microns)? `align_slices` expects one unit; rescale `obsm"
+            f"[{spatial_key!r}]` of one slice first (e.g. multiply by its microns per pixel).",
+            UserWarning,
+            stacklevel=2,
+        )
     params = {
         "method": method,
         "alpha": alpha,
@@ -189,6 +225,7 @@ def align_slices(
         "n_local": n_local,
         "max_iter": max_iter,
         "min_shared_genes": min_shared_genes,
+        "section_spacing": None if heights is None else heights.tolist(),
         "n_slices": len(items),
         "seed": seed,
     }
@@ -197,18 +234,21 @@ def align_slices(
     _, _, feats, _ = fit_pca_space(
         items, counts, genes=genes, n_sources=len(items), n_genes=n_genes, n_comps=n_comps, seed=seed
     )
-    unit = float(np.median([_align_ot.spacing(c) for c in coords]))
+    unit = float(np.median(spacings))
     points = [c / unit for c in coords]
     rng = np.random.default_rng(seed)
     pairs: list[_align_ot.PairResult] = []
+    shares: list[float] = []
     for i in progress_bar(range(1, len(items)), enabled=progress, desc="aligning pairs"):
         XA, XB, PA, PB = feats[i], feats[i - 1], points[i], points[i - 1]
         a, b = np.full(len(PA), 1 / len(PA)), np.full(len(PB), 1 / len(PB))
+        shares.append(_shared_mass(PA, PB, overlap))
         common = {
             "alpha": alpha,
             "n_rotations": n_rotations,
             "allow_mirror": allow_mirror,
             "overlap": overlap,
+            "search_overlap": shares[-1],
             "max_iter": max_iter,
             "search_size": 300,
             "n_local": n_local,
@@ -244,16 +284,26 @@ def align_slices(
             "matched_to": 1 if i == 0 else i - 1,
             "cost": float(pair.cost),
             "mode": pair.mode,
+            "area_ratio": shares[max(i - 1, 0)] / overlap,
+            "partial": bool(pair.partial),
         }
-        results.append((coords[i] @ R.T + t, match, mass, info))
+        aligned = coords[i] @ R.T + t
+        moved = _moved_libraries(ad, R, t, aligned, key_added) if images and i > 0 else {}
+        results.append((aligned, match, mass, info, moved))
 
     # write everything at once
     out = [ad.copy() for ad in items] if copy else items
-    for ad, (aligned, match, mass, info) in zip(out, results, strict=True):
+    for ad, (aligned, match, mass, info, moved) in zip(out, results, strict=True):
         ad.obsm[key_added] = aligned
         ad.obs[_keys.match(key_added)] = pd.Categorical(match)
         ad.obs[_keys.match_mass(key_added)] = mass.astype(np.float32)
+        if heights is not None:
+            ad.obsm[_keys.aligned_3d(key_added)] = np.column_stack(
+                [aligned, np.full(len(aligned), heights[info["slice"]])]
+            )
         ad.uns[key_added] = info
+        if moved:
+            ad.uns["spatial"] = {**ad.uns["spatial"], **moved}
     logg.info(
         f"    finished ({perf_counter() - start:.1f}s): added to every slice\n"
         f"    'obsm[{key_added!r}]', 'obs[{_keys.match(key_added)!r}]', 'obs[{_keys.match_mass(key_added)!r}]',"
@@ -265,6 +315,91 @@ def align_slices(
     if return_plan:
         return plans
     return out if copy else None
+
+
+def _moved_libraries(ad: AnnData, R: np.ndarray, t: np.ndarray, aligned: np.ndarray, key_added: str) -> dict:
+    """The slice's ``uns['spatial']`` libraries with every image resampled into the aligned frame.
+
+    A point ``x`` of the slice's coordinates goes to ``x @ R.T + t``; an image with scale factor ``s``
+    (pixel = ``s`` x coordinate) keeps ``s``, so the output pixel ``p`` shows the input pixel
+    ``R.T @ p - s R.T t`` (bilinear; numpy images are indexed (row = y, column = x)). Pixels the
+    section does not cover get the median colour of its image border (the slide background).
+    """
+    from scipy import ndimage
+
+    libraries = ad.uns.get("spatial")
+    if not isinstance(libraries, dict):
+        return {}
+    out = {}
+    for library_id, library in libraries.items():
+        if not isinstance(library, dict) or not library.get("images") or library_id.endswith(f"_{key_added}"):
+            continue
+        scalefactors = library.get("scalefactors", {})
+        moved_images = {}
+        for img_key, img in library["images"].items():
+            scale = float(scalefactors.get(f"tissue_{img_key}_scalef", 1.0))
+            img = np.asarray(img)
+            if img.ndim not in (2, 3) or not np.isfinite(scale) or scale <= 0:
+                continue
+            swap = np.array([[0.0, 1.0], [1.0, 0.0]])
+            matrix = swap @ R.T @ swap
+            offset = swap @ (-scale * (R.T @ t))
+            corners = np.array([[0, 0], [img.shape[1], 0], [0, img.shape[0]], [img.shape[1], img.shape[0]]]) / scale
+            extent = np.vstack([corners @ R.T + t, aligned]).max(axis=0) * scale
+            shape = (int(np.ceil(extent[1])) + 1, int(np.ceil(extent[0])) + 1)
+            planes = img[..., None] if img.ndim == 2 else img
+            # fill what the section did not cover with its own background (the median colour of its border)
+            border = np.concatenate([planes[0], planes[-1], planes[:, 0], planes[:, -1]])
+            fill = np.median(border, axis=0)
+            warped = np.stack(
+                [
+                    ndimage.affine_transform(
+                        planes[..., c], matrix, offset, output_shape=shape, order=1, cval=float(fill[c])
+                    )
+                    for c in range(planes.shape[-1])
+                ],
+                axis=-1,
+            )
+            moved_images[img_key] = warped[..., 0] if img.ndim == 2 else warped
+        if moved_images:
+            out[_keys.aligned_library(library_id, key_added)] = {
+                **{k: v for k, v in library.items() if k != "images"},
+                "images": moved_images,
+            }
+    return out
+
+
+def _heights(section_spacing: float | Sequence[float] | None, n: int) -> np.ndarray | None:
+    """Height of every slice from ``section_spacing`` (one distance, or one height per slice)."""
+    if section_spacing is None:
+        return None
+    values = np.atleast_1d(np.asarray(section_spacing, dtype=float))
+    if values.ndim != 1 or len(values) not in (1, n) or not np.isfinite(values).all():
+        msg = (
+            f"`section_spacing` must be one finite distance or {n} finite heights (one per slice),"
+            f" got {section_spacing!r}."
+        )
+        raise ValueError(msg)
+    if len(values) == 1:
+        if values[0] <= 0:
+            msg = f"`section_spacing` must be positive, got {section_spacing!r}."
+            raise ValueError(msg)
+        return np.arange(n) * values[0]
+    return values
+
+
+def _shared_mass(PA: np.ndarray, PB: np.ndarray, overlap: float) -> float:
+    """Share of each slice's (unit) mass the transport moves: ``overlap`` of the smaller slice's tissue.
+
+    Every slice carries mass 1 spread over its spots, so when the smaller section covers only part of
+    the larger one (a crop, a partial section), moving all of its mass would force the larger slice's
+    mass onto it too: its spots would be spread over the whole larger section. The share of the larger
+    slice's mass the smaller one can meet is the ratio of their tissue areas, estimated as the number of
+    spots times the squared spot spacing of each slice (coordinates in one common unit).
+    """
+    areas = [len(P) * _align_ot.spacing(P) ** 2 for P in (PA, PB)]
+    ratio = min(areas) / max(areas)
+    return float(min(1.0, overlap * ratio))
 
 
 def _best_match(

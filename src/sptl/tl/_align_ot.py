@@ -34,6 +34,8 @@ class PairResult:
     angle: float = 0.0
     mirror: bool = False
     history: list[dict] = field(default_factory=list)
+    #: whether the transform came from partial transport of the smaller slice (a crop) instead of balanced FGW
+    partial: bool = False
 
 
 def spacing(coords: np.ndarray) -> float:
@@ -350,25 +352,15 @@ def align_exact(
     n_local: int,
     rng: np.random.Generator,
     one_to_one: bool = True,
+    search_overlap: float | None = None,
 ) -> PairResult:
     """Rigid search, then FGW on all spots (or local unbalanced transport for partial overlap) and Procrustes.
 
     ``one_to_one``: the final plan matches spots one to one (:func:`match_plan`); ``False`` for anchors.
+    ``search_overlap``: share of the mass the rigid search transports (default ``overlap``).
     """
-    R, t, angle, mirror, history = rigid_search(
-        XA,
-        XB,
-        PA,
-        PB,
-        a,
-        b,
-        alpha=0.5,
-        n_rotations=n_rotations,
-        allow_mirror=allow_mirror,
-        overlap=overlap,
-        search_size=search_size,
-        rng=rng,
-    )
+    search = {"alpha": 0.5, "n_rotations": n_rotations, "allow_mirror": allow_mirror, "search_size": search_size}
+    R, t, angle, mirror, history = rigid_search(XA, XB, PA, PB, a, b, overlap=overlap, rng=rng, **search)
     if overlap < 1:
         R, t, plan, cost = refine_local(
             XA, XB, PA, PB, a, b, R, t, overlap=overlap, n_local=n_local, allow_mirror=allow_mirror, rng=rng
@@ -379,13 +371,49 @@ def align_exact(
     G0 = _transport(a, b, _fused_linear_cost(M, apply(PA, R, t), PB, 0.5, 1.0), overlap)
     G, cost = fgw_plan(XA, XB, PA, PB, a, b, G0, alpha=alpha, overlap=overlap, max_iter=max_iter)
     R, t = robust_procrustes(PA, PB, G, mirror=None if allow_mirror else False)
-    # with the slices in one frame, distances after the transform tell neighbouring spots apart where
-    # the Gromov-Wasserstein term (distances within each slice) cannot: match on both, refit
+    R, t, G, final = _final_matching(M, PA, PB, a, b, R, t, one_to_one=one_to_one, allow_mirror=allow_mirror)
+    if one_to_one and search_overlap is not None and search_overlap < overlap:
+        # one slice covers only part of the other (a crop): balanced transport spreads the smaller slice
+        # over the larger one. Also align with the mass the smaller slice can meet (partial transport)
+        # and keep whichever transform the final matching fits better.
+        R2, t2, angle2, mirror2, history2 = rigid_search(
+            XA, XB, PA, PB, a, b, overlap=search_overlap, rng=rng, **search
+        )
+        R2, t2, _, _ = refine_local(
+            XA, XB, PA, PB, a, b, R2, t2, overlap=search_overlap, n_local=n_local, allow_mirror=allow_mirror, rng=rng
+        )
+        R2, t2, G2, final2 = _final_matching(M, PA, PB, a, b, R2, t2, one_to_one=True, allow_mirror=allow_mirror)
+        if final2 < final:
+            R, t, G, angle, mirror, history = R2, t2, G2, angle2, mirror2, history2
+            return PairResult(
+                R=R, t=t, plan=G, cost=cost, mode="exact", angle=angle, mirror=mirror, history=history, partial=True
+            )
+    return PairResult(R=R, t=t, plan=G, cost=cost, mode="exact", angle=angle, mirror=mirror, history=history)
+
+
+def _final_matching(
+    M: np.ndarray,
+    PA: np.ndarray,
+    PB: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    R: np.ndarray,
+    t: np.ndarray,
+    *,
+    one_to_one: bool,
+    allow_mirror: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Match on expression plus the distance after the transform, refit it; the plan and its mean cost.
+
+    With the slices in one frame, distances after the transform tell neighbouring spots apart where the
+    Gromov-Wasserstein term (distances within each slice) cannot.
+    """
     for _ in range(2):
         G = match_plan(M, apply(PA, R, t), PB, a, b, one_to_one=one_to_one)
         R, t = robust_procrustes(PA, PB, G, mirror=None if allow_mirror else False)
     G = match_plan(M, apply(PA, R, t), PB, a, b, one_to_one=one_to_one)
-    return PairResult(R=R, t=t, plan=G, cost=cost, mode="exact", angle=angle, mirror=mirror, history=history)
+    C = (1 - MATCH_ALPHA) * M + MATCH_ALPHA * np.minimum(_sqdist(apply(PA, R, t), PB), MATCH_RADIUS**2)
+    return R, t, G, float((G * C).sum() / max(G.sum(), 1e-300))
 
 
 def refine_local(
@@ -517,6 +545,7 @@ def align_anchors(
     n_refine: int,
     seed: int,
     rng: np.random.Generator,
+    search_overlap: float | None = None,
 ) -> PairResult:
     """Coarse-to-fine: FGW between anchors gives the rigid transform, sparse local transport refines it."""
     XcA, PcA, wA, _ = anchors(XA, PA, a, min(n_anchors, len(PA)), seed)
@@ -539,6 +568,7 @@ def align_anchors(
         n_local=n_local,
         rng=rng,
         one_to_one=False,
+        search_overlap=search_overlap,
     )
     coarse.t = coarse.t * unit
     R, t, plan, cost = refine_local(
