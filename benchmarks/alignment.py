@@ -17,6 +17,10 @@
     0-180 degrees, with and without a mirror (:func:`perturbed_copy`). By default the issue's crossing
     (65%, x0.3, sigma 0.5) and each axis varied around it; ``--d-full`` runs all 36 conditions.
     Scores as in (a).
+(e) Stacks (issue 14). HER2ST B1, D1 and PASTE's breast section 2, each with 5 perturbed copies (80% crops,
+    counts x0.3, batch sigma 0.5, rotations 47-235 degrees, every second mirrored) stacked in one
+    ``align_slices`` call: median displacement of each copy from its true position in the frame of the
+    first (spot spacings), so the drift of chained pairwise transforms shows. Runs in this process.
 (c) Scale. Synthetic sections (grid of spots, Voronoi domains plus smooth gradients, 60 genes) of
     n spots against a moved, resampled copy: seconds and peak memory of both, PASTE where it fits.
 
@@ -24,7 +28,7 @@ Every alignment runs in a fresh worker process (sptl: this file with ``--worker`
 ``benchmarks/peers/paste.py`` in ``.venv-paste``), which reports its wall time and its peak resident
 memory during the alignment above the level when it started (polled every 20 ms).
 
-Run: ``OMP_NUM_THREADS=1 python benchmarks/alignment.py`` (``--parts a b c d``, ``--d-methods sptl``, ``--sizes``,
+Run: ``OMP_NUM_THREADS=1 python benchmarks/alignment.py`` (``--parts a b c d e``, ``--d-methods sptl``, ``--sizes``,
 ``--paste-sizes``; PASTE's venv: ``bash benchmarks/peers/setup_paste.sh``).
 """
 
@@ -332,6 +336,38 @@ def part_d(methods: tuple[str, ...] = METHODS, sections: tuple[str, ...] = D_SEC
     return pd.DataFrame(rows)
 
 
+E_SECTIONS = ("HER2ST B1", "HER2ST D1", "breast_st 2")
+
+
+def part_e(sections: tuple[str, ...] = E_SECTIONS, n: int = 6) -> pd.DataFrame:
+    """Stacks of ``n`` sections with known transforms: drift of every section from its true position."""
+    import time
+
+    import sptl
+
+    rows = []
+    for name in sections:
+        ref = _section(name)
+        unit = spacing(np.asarray(ref.obsm["spatial"], dtype=float))
+        stack, kept = [ref.copy()], [np.arange(ref.n_obs)]
+        for k in range(1, n):
+            moved, keep = perturbed_copy(
+                ref, keep=0.8, thin=0.3, sigma=0.5, angle=float(k * 47 % 180), mirror=bool(k % 2), seed=100 + k
+            )
+            moved.obs_names = [f"s{k}_{o}" for o in ref.obs_names[keep]]
+            stack.append(moved)
+            kept.append(keep)
+        start = time.perf_counter()
+        sptl.tl.align_slices(stack, progress=False)
+        seconds = time.perf_counter() - start
+        for k in range(1, n):
+            disp = np.linalg.norm(stack[k].obsm["spatial_aligned"] - ref.obsm["spatial"][kept[k]], axis=1) / unit
+            row = {"section": name, "slice": k, "displacement": float(np.median(disp)), "seconds": seconds}
+            rows.append(row)
+            print(row, flush=True)
+    return pd.DataFrame(rows)
+
+
 def part_c(sizes: list[int], paste_sizes: list[int]) -> pd.DataFrame:
     rows = []
     for n in sorted(set(sizes) | set(paste_sizes)):
@@ -368,7 +404,7 @@ def exponent(df: pd.DataFrame, method: str, lo: int = 0, hi: float = np.inf) -> 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
-    p.add_argument("--parts", nargs="*", default=["a", "b", "c", "d"])
+    p.add_argument("--parts", nargs="*", default=["a", "b", "c", "d", "e"])
     p.add_argument("--sizes", nargs="*", type=int, default=[1_000, 10_000, 100_000])
     p.add_argument("--paste-sizes", nargs="*", type=int, default=[1_000, 2_500])
     p.add_argument("--b-methods", nargs="*", default=list(B_METHODS), help="methods of part (b)")
@@ -415,6 +451,12 @@ def main() -> None:
         ].mean()
         print(table.round(3).to_markdown())
         print("failures:", d.get("error", pd.Series(dtype=object)).notna().groupby(d["method"]).sum().to_dict())
+    if "e" in args.parts:
+        e = part_e()
+        if out:
+            e.to_csv(out / "alignment_e.csv", index=False)
+        print("\n(e) stacks of 6: median displacement (spot spacings) of every slice from its true position")
+        print(e.pivot(index="section", columns="slice", values="displacement").round(3).to_markdown())
     if "c" in args.parts:
         c = part_c(args.sizes, args.paste_sizes)
         if out:
