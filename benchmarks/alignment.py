@@ -211,6 +211,19 @@ METHODS = ("sptl", "paste")
 B_METHODS = ("sptl", "paste", "paste, spot units")
 
 
+def scores(res: dict | str, kept: np.ndarray, unit: float) -> dict:
+    """Match rate, median displacement (spot spacings), seconds and peak memory of a worker's result."""
+    if isinstance(res, str):
+        return {"error": res}
+    disp = np.linalg.norm(res["aligned_moved"] - res["aligned_ref"][kept], axis=1) / unit
+    return {
+        "matched": float((res["match"] == kept).mean()),
+        "displacement": float(np.median(disp)),
+        "seconds": float(res["seconds"]),
+        "peak_mb": float(res["peak_mb"]),
+    }
+
+
 def part_a() -> pd.DataFrame:
     import sptl
 
@@ -228,18 +241,8 @@ def part_a() -> pd.DataFrame:
             for method in METHODS:
                 res = safe_run(method, ref, moved, plan=False)
                 row = {"section": name, "angle": round(angle), "mirror": mirror, "method": method}
-                if isinstance(res, str):
-                    row["error"] = res
-                else:
-                    disp = np.linalg.norm(res["aligned_moved"] - res["aligned_ref"][keep], axis=1) / unit
-                    row.update(
-                        matched=float((res["match"] == keep).mean()),
-                        displacement=float(np.median(disp)),
-                        seconds=float(res["seconds"]),
-                        peak_mb=float(res["peak_mb"]),
-                    )
-                rows.append(row)
-                print(row, flush=True)
+                rows.append({**row, **scores(res, keep, unit)})
+                print(rows[-1], flush=True)
     return pd.DataFrame(rows)
 
 
@@ -321,18 +324,8 @@ def part_d(methods: tuple[str, ...] = METHODS, sections: tuple[str, ...] = D_SEC
                         "angle": round(angle),
                         "method": method,
                     }
-                    if isinstance(res, str):
-                        row["error"] = res
-                    else:
-                        disp = np.linalg.norm(res["aligned_moved"] - res["aligned_ref"][kept], axis=1) / unit
-                        row.update(
-                            matched=float((res["match"] == kept).mean()),
-                            displacement=float(np.median(disp)),
-                            seconds=float(res["seconds"]),
-                            peak_mb=float(res["peak_mb"]),
-                        )
-                    rows.append(row)
-                    print(row, flush=True)
+                    rows.append({**row, **scores(res, kept, unit)})
+                    print(rows[-1], flush=True)
     return pd.DataFrame(rows)
 
 

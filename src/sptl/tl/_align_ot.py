@@ -570,23 +570,18 @@ def align_anchors(
     XcB, PcB, wB, _ = anchors(XB, PB, b, min(n_anchors, len(PB)), seed)
     # the anchors' own spacing is the unit of the coarse problem (tolerances are in spot spacings)
     unit = float(np.median([spacing(PcA), spacing(PcB)]))
-    coarse = align_exact(
-        XcA,
-        XcB,
-        PcA / unit,
-        PcB / unit,
-        wA,
-        wB,
-        alpha=alpha,
-        n_rotations=n_rotations,
-        allow_mirror=allow_mirror,
-        overlap=overlap,
-        max_iter=max_iter,
-        search_size=search_size,
-        n_local=n_local,
-        rng=rng,
-        one_to_one=False,
-    )
+    coarse_problem = (XcA, XcB, PcA / unit, PcB / unit, wA, wB)
+    coarse_kw = {
+        "alpha": alpha,
+        "n_rotations": n_rotations,
+        "allow_mirror": allow_mirror,
+        "max_iter": max_iter,
+        "search_size": search_size,
+        "n_local": n_local,
+        "rng": rng,
+        "one_to_one": False,
+    }
+    coarse = align_exact(*coarse_problem, overlap=overlap, **coarse_kw)
     coarse.t = coarse.t * unit
     refine = {"n_local": n_local, "allow_mirror": allow_mirror, "rng": rng, "n_refine": n_refine}
     R, t, plan, cost = refine_local(XA, XB, PA, PB, a, b, coarse.R, coarse.t, overlap=overlap, **refine)
@@ -595,23 +590,7 @@ def align_anchors(
     for mass in partial_masses:
         # a crop: also place the slice by partial transport (see align_exact) and keep the transform
         # under which each spot of the smaller slice finds a closer look-alike nearby
-        crop = align_exact(
-            XcA,
-            XcB,
-            PcA / unit,
-            PcB / unit,
-            wA,
-            wB,
-            alpha=alpha,
-            n_rotations=n_rotations,
-            allow_mirror=allow_mirror,
-            overlap=mass,
-            max_iter=max_iter,
-            search_size=search_size,
-            n_local=n_local,
-            rng=rng,
-            one_to_one=False,
-        )
+        crop = align_exact(*coarse_problem, overlap=mass, **coarse_kw)
         R2, t2, plan2, cost2 = refine_local(XA, XB, PA, PB, a, b, crop.R, crop.t * unit, overlap=mass, **refine)
         fit = nearest_cost(XA, XB, PA, PB, R2, t2, n_local)
         if fit < best * (1 - FIT_MARGIN):
