@@ -268,7 +268,7 @@ class HistologyRegressor(TransferModel):
         -------
         ``self``.
         """
-        from sklearn.linear_model import Ridge, RidgeCV
+        from sklearn.linear_model import RidgeCV
 
         p = self.params
         adatas = _validate.as_adata_list(adata, "adata")
@@ -298,7 +298,8 @@ class HistologyRegressor(TransferModel):
         ranks = _ranks(p["rank"], Y.shape)
         smooths = SMOOTH_GRID if p["smooth"] == "auto" else (float(p["smooth"]),)
         components = _components(Y - y_mean)
-        alphas = [float(RidgeCV(alphas=ALPHAS).fit(Xz, _project(Y - y_mean, components, r)).alpha_) for r in ranks]
+        ridges = [RidgeCV(alphas=ALPHAS).fit(Xz, _project(Y - y_mean, components, r)) for r in ranks]
+        alphas = [float(r.alpha_) for r in ridges]
         section = np.repeat(np.arange(len(adatas)), [a.n_obs for a in adatas])
         graphs = [_graph(a, p["n_neighbors"]) for a in adatas]
         scores = None
@@ -307,8 +308,7 @@ class HistologyRegressor(TransferModel):
             i, j = np.unravel_index(int(np.argmax(scores)), scores.shape)
         else:
             i, j = 0, 0
-        rank, smooth, alpha = ranks[i], float(smooths[j]), alphas[i]
-        ridge = Ridge(alpha=alpha).fit(Xz, _project(Y - y_mean, components, rank))
+        rank, smooth, alpha, ridge = ranks[i], float(smooths[j]), alphas[i], ridges[i]
         coef = ridge.coef_.T if rank is None else ridge.coef_.T @ components[:rank]
         intercept = y_mean + (ridge.intercept_ if rank is None else ridge.intercept_ @ components[:rank])
         self.var_names_ = pd.Index(genes)

@@ -242,17 +242,17 @@ def align_slices(
     points = [c / unit for c in coords]
     rng = np.random.default_rng(seed)
     pairs: list[_align_ot.PairResult] = []
-    shares: list[float] = []
+    ratios: list[float] = []
     for i in progress_bar(range(1, len(items)), enabled=progress, desc="aligning pairs"):
         XA, XB, PA, PB = feats[i], feats[i - 1], points[i], points[i - 1]
         a, b = np.full(len(PA), 1 / len(PA)), np.full(len(PB), 1 / len(PB))
-        shares.append(_shared_mass(PA, PB, overlap))
+        ratios.append(_area_ratio(PA, PB))
         common = {
             "alpha": alpha,
             "n_rotations": n_rotations,
             "allow_mirror": allow_mirror,
             "overlap": overlap,
-            "partial_masses": _partial_masses(shares[-1], overlap),
+            "partial_masses": _partial_masses(ratios[-1], overlap),
             "max_iter": max_iter,
             "search_size": 300,
             "n_local": n_local,
@@ -288,7 +288,7 @@ def align_slices(
             "matched_to": 1 if i == 0 else i - 1,
             "cost": float(pair.cost),
             "mode": pair.mode,
-            "area_ratio": shares[max(i - 1, 0)] / overlap,
+            "area_ratio": ratios[max(i - 1, 0)],
             "partial": bool(pair.partial),
         }
         aligned = coords[i] @ R.T + t
@@ -399,25 +399,23 @@ def _heights(section_spacing: float | Sequence[float] | None, n: int) -> np.ndar
 PARTIAL_SHARES = (1.0, 0.75, 0.5)
 
 
-def _partial_masses(share: float, overlap: float) -> list[float]:
-    """Partial-transport masses to try besides balanced transport, for a pair whose area ratio gives ``share``."""
+def _partial_masses(ratio: float, overlap: float) -> list[float]:
+    """Partial-transport masses to try besides balanced transport, for a pair with tissue-area ratio ``ratio``."""
     if overlap < 1:  # the user gave the overlap: the partial path is taken anyway
         return []
-    return [share * f for f in PARTIAL_SHARES if share * f < 0.99]
+    return [ratio * f for f in PARTIAL_SHARES if ratio * f < 0.99]
 
 
-def _shared_mass(PA: np.ndarray, PB: np.ndarray, overlap: float) -> float:
-    """Share of each slice's (unit) mass the transport moves: ``overlap`` of the smaller slice's tissue.
+def _area_ratio(PA: np.ndarray, PB: np.ndarray) -> float:
+    """Tissue area of the smaller slice over the larger one's: the share of its mass the smaller can meet.
 
     Every slice carries mass 1 spread over its spots, so when the smaller section covers only part of
     the larger one (a crop, a partial section), moving all of its mass would force the larger slice's
-    mass onto it too: its spots would be spread over the whole larger section. The share of the larger
-    slice's mass the smaller one can meet is the ratio of their tissue areas, estimated as the number of
-    spots times the squared spot spacing of each slice (coordinates in one common unit).
+    mass onto it too: its spots would be spread over the whole larger section. Areas are estimated as
+    the number of spots times the squared spot spacing of each slice (coordinates in one common unit).
     """
     areas = [len(P) * _align_ot.spacing(P) ** 2 for P in (PA, PB)]
-    ratio = min(areas) / max(areas)
-    return float(min(1.0, overlap * ratio))
+    return float(min(areas) / max(areas))
 
 
 def _best_match(

@@ -364,7 +364,8 @@ def align_exact(
 
     ``one_to_one``: the final plan matches spots one to one (:func:`match_plan`); ``False`` for anchors.
     ``partial_masses``: shares of the mass to also try aligning by partial transport (crops, sections
-    that overlap in part); the transform whose final matching costs least is kept (exact path only).
+    that overlap in part); such an alignment replaces the balanced one when its :func:`nearest_cost` is
+    lower by more than ``FIT_MARGIN`` (exact path only).
     """
     search = {"alpha": 0.5, "n_rotations": n_rotations, "allow_mirror": allow_mirror, "search_size": search_size}
     R, t, angle, mirror, history = rigid_search(XA, XB, PA, PB, a, b, overlap=overlap, rng=rng, **search)
@@ -378,7 +379,7 @@ def align_exact(
     G0 = _transport(a, b, _fused_linear_cost(M, apply(PA, R, t), PB, 0.5, 1.0), overlap)
     G, cost = fgw_plan(XA, XB, PA, PB, a, b, G0, alpha=alpha, overlap=overlap, max_iter=max_iter)
     R, t = robust_procrustes(PA, PB, G, mirror=None if allow_mirror else False)
-    R, t, G, _ = _final_matching(M, PA, PB, a, b, R, t, one_to_one=one_to_one, allow_mirror=allow_mirror)
+    R, t, G = _final_matching(M, PA, PB, a, b, R, t, one_to_one=one_to_one, allow_mirror=allow_mirror)
     best = PairResult(R=R, t=t, plan=G, cost=cost, mode="exact", angle=angle, mirror=mirror, history=history)
     fit = nearest_cost(XA, XB, PA, PB, R, t, n_local) if one_to_one and partial_masses else np.inf
     for mass in partial_masses if one_to_one else ():
@@ -393,16 +394,23 @@ def align_exact(
         # a counterpart), not sections that overlap in part (spots on both sides have none, and forced
         # matches pull the fit): try the transform with and without that refit. The plan is a one-to-one
         # matching either way.
-        R3, t3, G3, _ = _final_matching(M, PA, PB, a, b, R2, t2, one_to_one=True, allow_mirror=allow_mirror)
+        R3, t3, G3 = _final_matching(M, PA, PB, a, b, R2, t2, one_to_one=True, allow_mirror=allow_mirror)
         G2 = match_plan(M, apply(PA, R2, t2), PB, a, b, one_to_one=True)
         for Rc, tc, Gc, costc in ((R3, t3, G3, cost), (R2, t2, G2, cost2)):
             fitc = nearest_cost(XA, XB, PA, PB, Rc, tc, n_local)
             if fitc < fit * (1 - FIT_MARGIN):
                 fit = fitc
                 best = PairResult(
-                    R=Rc, t=tc, plan=Gc, cost=costc, mode="exact", angle=angle2, mirror=mirror2, history=history2
+                    R=Rc,
+                    t=tc,
+                    plan=Gc,
+                    cost=costc,
+                    mode="exact",
+                    angle=angle2,
+                    mirror=mirror2,
+                    history=history2,
+                    partial=True,
                 )
-                best.partial = True
     return best
 
 
@@ -417,8 +425,8 @@ def _final_matching(
     *,
     one_to_one: bool,
     allow_mirror: bool,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Match on expression plus the distance after the transform, refit it; the plan and its mean cost.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Match on expression plus the distance after the transform, refit it; the transform and the plan.
 
     With the slices in one frame, distances after the transform tell neighbouring spots apart where the
     Gromov-Wasserstein term (distances within each slice) cannot.
@@ -426,9 +434,7 @@ def _final_matching(
     for _ in range(2):
         G = match_plan(M, apply(PA, R, t), PB, a, b, one_to_one=one_to_one)
         R, t = robust_procrustes(PA, PB, G, mirror=None if allow_mirror else False)
-    G = match_plan(M, apply(PA, R, t), PB, a, b, one_to_one=one_to_one)
-    C = (1 - MATCH_ALPHA) * M + MATCH_ALPHA * np.minimum(_sqdist(apply(PA, R, t), PB), MATCH_RADIUS**2)
-    return R, t, G, float((G * C).sum() / max(G.sum(), 1e-300))
+    return R, t, match_plan(M, apply(PA, R, t), PB, a, b, one_to_one=one_to_one)
 
 
 def refine_local(
